@@ -1,0 +1,1 @@
+"""qlab.kernels: Triton GPU kernels (`triton/`) and C CPU kernels (`cpu/`)."""

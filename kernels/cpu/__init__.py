@@ -1,0 +1,253 @@
+"""qlab.kernels.cpu: SIMD C dot products of GGUF blocks (Q4_0, Q8_0, Q4_K, Q6_K) with Q8 activations, GEMV/GEMM.
+
+    y = gemm("Q4_0", W_blocks, X, n_threads=2)     # X float32 [M, K] -> Y float32 [M, N]
+
+As in ggml, activations are quantized on the fly (Q8_0 for Q4_0/Q8_0 weights, Q8_K for the k-quants), the
+integer products are exact, and each block's integer sum is scaled by d_w * d_x. Paths: "scalar", "avx2",
+"avx512", "neon", chosen by cpuid unless forced (argument ``path=`` or env ``QLAB_CPU_PATH``). All paths
+give the same float result bit for bit (one summation order, the scalar path's, which is also ggml's AVX2 one).
+Without a C compiler a vectorised torch path (dequantize, then float matmul) runs instead and says so once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import warnings
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from qlab.errors import BadArgumentError
+
+# name: (ggml type id, weights per block, bytes per block, activation type)
+QTYPES = {
+    "Q4_0": (2, 32, 18, "Q8_0"),
+    "Q8_0": (8, 32, 34, "Q8_0"),
+    "Q4_K": (12, 256, 144, "Q8_K"),
+    "Q6_K": (14, 256, 210, "Q8_K"),
+}
+ACT_TYPES = {"Q8_0": (32, 34), "Q8_K": (256, 292)}
+PATHS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "neon": 4}
+_ERRORS = {-1: "bad arguments", -2: "SIMD path not available on this CPU", -3: "out of memory"}
+
+
+@lru_cache(maxsize=1)
+def _load() -> ctypes.CDLL | None:
+    from qlab.kernels.cpu.build import BuildError, build
+
+    if os.environ.get("QLAB_CPU_NO_C"):
+        warnings.warn("QLAB_CPU_NO_C is set: qlab's CPU kernels run the (slow) torch path", stacklevel=3)
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (BuildError, OSError) as e:
+        warnings.warn(f"qlab's C CPU kernels are unavailable ({e}); using the vectorised torch path", stacklevel=3)
+        return None
+    i64, vp, c_int, fp = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_float)
+    lib.qlab_cpu_features.restype = c_int
+    lib.qlab_cpu_features.argtypes = []
+    for name in ("qlab_quantize_q8_0", "qlab_quantize_q8_K"):
+        getattr(lib, name).restype = None
+        getattr(lib, name).argtypes = [vp, vp, i64]
+    lib.qlab_vec_dot.restype = c_int
+    lib.qlab_vec_dot.argtypes = [c_int, c_int, i64, vp, vp, fp]
+    lib.qlab_gemm.restype = c_int
+    lib.qlab_gemm.argtypes = [c_int, c_int, vp, i64, i64, vp, i64, vp, c_int]
+    lib.qlab_gemm_foreign.restype = c_int
+    lib.qlab_gemm_foreign.argtypes = [vp, vp, i64, i64, vp, i64, i64, vp, i64, vp, c_int]
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel library (built on first use), or None when no compiler is available."""
+    return _load()
+
+
+def has_c_kernels() -> bool:
+    return _load() is not None
+
+
+def available_paths() -> list[str]:
+    """The paths this CPU can run, best last (e.g. ['scalar', 'avx2', 'avx512']); ['torch'] without C."""
+    lib = _load()
+    if lib is None:
+        return ["torch"]
+    f = lib.qlab_cpu_features()
+    return [name for name, v in PATHS.items() if v and f & (1 << v)]
+
+
+def best_path() -> str:
+    return available_paths()[-1]
+
+
+def _path_id(path: str | None) -> int:
+    path = (path or os.environ.get("QLAB_CPU_PATH") or "auto").lower()
+    if path not in PATHS:
+        raise BadArgumentError(f"unknown CPU kernel path {path!r}: use one of {sorted(PATHS)}")
+    if path != "auto" and path not in available_paths():
+        raise BadArgumentError(f"path {path!r} is not available on this CPU (available: {available_paths()})")
+    return PATHS[path]
+
+
+def _qtype(qtype: str) -> tuple[int, int, int, str]:
+    key = str(qtype).upper()
+    if key not in QTYPES:
+        raise BadArgumentError(f"CPU kernels support {sorted(QTYPES)}, not {qtype!r}")
+    return QTYPES[key]
+
+
+def _u8(buf: Any, what: str) -> np.ndarray | torch.Tensor:
+    """A contiguous uint8 view (numpy or torch CPU), copied to an aligned buffer if its address is odd."""
+    if isinstance(buf, torch.Tensor):
+        if buf.device.type != "cpu" or buf.dtype != torch.uint8:
+            raise BadArgumentError(f"{what}: expected a CPU uint8 tensor of block bytes, got {buf.dtype} on {buf.device}")
+        t = buf.contiguous()
+        if t.data_ptr() % 16:
+            t = t.clone()
+        return t
+    if isinstance(buf, (bytes, bytearray, memoryview)):
+        buf = np.frombuffer(buf, dtype=np.uint8)
+    a = np.asarray(buf)
+    if a.dtype != np.uint8:
+        raise BadArgumentError(f"{what}: expected uint8 block bytes, got dtype {a.dtype}")
+    a = np.ascontiguousarray(a)
+    if a.ctypes.data % 16:
+        b = np.empty(a.shape, dtype=np.uint8)
+        b[...] = a
+        a = b
+    return a
+
+
+def _nbytes(a: np.ndarray | torch.Tensor) -> int:
+    return a.numel() if isinstance(a, torch.Tensor) else a.size
+
+
+def _ptr(a: np.ndarray | torch.Tensor) -> int:
+    return a.data_ptr() if isinstance(a, torch.Tensor) else a.ctypes.data
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        raise BadArgumentError(f"{what}: kernel refused the call ({_ERRORS.get(rc, rc)})")
+
+
+def quantize_activations(x: np.ndarray, act_type: str) -> np.ndarray:
+    """Quantize float32 activations [.., K] to Q8_0 / Q8_K blocks (bytes), as ggml's from_float does."""
+    act_type = act_type.upper()
+    if act_type not in ACT_TYPES:
+        raise BadArgumentError(f"activation type must be Q8_0 or Q8_K, not {act_type!r}")
+    bs, ts = ACT_TYPES[act_type]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.size == 0 or x.shape[-1] % bs:
+        raise BadArgumentError(f"{act_type} needs rows whose length is a multiple of {bs}, got shape {x.shape}")
+    lib = _load()
+    if lib is None:
+        from qlab.gguf import quantize
+
+        return quantize(x.reshape(-1, x.shape[-1]), act_type).reshape(-1)
+    out = np.zeros(x.size // bs * ts, dtype=np.uint8)
+    fn = lib.qlab_quantize_q8_0 if act_type == "Q8_0" else lib.qlab_quantize_q8_K
+    for r, row in enumerate(x.reshape(-1, x.shape[-1])):
+        fn(row.ctypes.data, out.ctypes.data + r * (row.size // bs * ts), row.size)
+    return out
+
+
+def vec_dot(qtype: str, x_blocks: Any, y_blocks: Any, path: str | None = None) -> float:
+    """One dot product: a row of weight blocks with a row of Q8_0/Q8_K activation blocks (both raw bytes)."""
+    tid, bs, ts, act = _qtype(qtype)
+    abs_, ats = ACT_TYPES[act]
+    x, y = _u8(x_blocks, "weights"), _u8(y_blocks, "activations")
+    nx, ny = _nbytes(x), _nbytes(y)
+    if nx == 0 or nx % ts:
+        raise BadArgumentError(f"{qtype} weights must be a whole number of {ts}-byte blocks, got {nx} bytes")
+    if ny % ats:
+        raise BadArgumentError(f"{act} activations must be a whole number of {ats}-byte blocks, got {ny} bytes")
+    n = nx // ts * bs
+    if ny // ats * abs_ != n:
+        raise BadArgumentError(f"block counts differ: {n} weights ({qtype}) vs {ny // ats * abs_} activations ({act})")
+    lib = _load()
+    if lib is None:
+        from qlab.kernels.cpu.fallback import vec_dot_torch
+
+        return vec_dot_torch(qtype, x, y)
+    out = ctypes.c_float(0.0)
+    _check(lib.qlab_vec_dot(tid, _path_id(path), n, _ptr(x), _ptr(y), ctypes.byref(out)), "vec_dot")
+    return float(out.value)
+
+
+def row_bytes(qtype: str, k: int) -> int:
+    """Bytes of one row of k weights in qtype (k a multiple of the block size)."""
+    _, bs, ts, _ = _qtype(qtype)
+    if k <= 0 or k % bs:
+        raise BadArgumentError(f"{qtype} rows need a length that is a multiple of {bs}, got {k}")
+    return k // bs * ts
+
+
+def gemm(qtype: str, W_blocks: Any, X: Any, n_threads: int = 1, path: str | None = None) -> Any:
+    """Y[M, N] = X[M, K] @ W^T with W given as N rows of qtype blocks; X float32 (numpy or torch), Y alike.
+
+    Each row of X is quantized to Q8_0 (Q8_K for k-quants) once, rows of W are split over n_threads threads.
+    """
+    _qtype(qtype)
+    is_torch = isinstance(X, torch.Tensor)
+    if is_torch:
+        if X.device.type != "cpu":
+            raise BadArgumentError(f"X must be on the CPU, got {X.device}")
+        Xc = X.detach().to(torch.float32).contiguous()
+        if Xc.dim() != 2:
+            raise BadArgumentError(f"X must be 2-D [M, K], got shape {tuple(X.shape)}")
+        M, K = Xc.shape
+    else:
+        Xc = np.ascontiguousarray(X, dtype=np.float32)
+        if Xc.ndim != 2:
+            raise BadArgumentError(f"X must be 2-D [M, K], got shape {Xc.shape}")
+        M, K = Xc.shape
+    if M == 0:
+        raise BadArgumentError("X has no rows")
+    rb = row_bytes(qtype, K)
+    W = _u8(W_blocks, "weights")
+    nw = _nbytes(W)
+    if nw == 0 or nw % rb:
+        raise BadArgumentError(f"weights hold {nw} bytes: not a whole number of {qtype} rows of {K} "
+                               f"(= {rb} bytes each); check in_features / the block type")
+    N = nw // rb
+    if not isinstance(n_threads, int) or n_threads < 1:
+        raise BadArgumentError(f"n_threads must be a positive int, got {n_threads!r}")
+    lib = _load()
+    if lib is None:
+        from qlab.kernels.cpu.fallback import gemm_torch
+
+        Y = gemm_torch(qtype, W, torch.as_tensor(Xc), N)
+        return Y if is_torch else Y.numpy()
+    Y = torch.empty((M, N), dtype=torch.float32) if is_torch else np.empty((M, N), dtype=np.float32)
+    _check(lib.qlab_gemm(QTYPES[qtype.upper()][0], _path_id(path), _ptr(W), N, K, _ptr(Xc), M, _ptr(Y),
+                         n_threads), "gemm")
+    return Y
+
+
+def gemm_foreign(vec_dot_ptr: int, from_float_ptr: int, qtype: str, W_blocks: Any, X: np.ndarray,
+                 n_threads: int = 1) -> np.ndarray:
+    """Y = X @ W^T through another library's ggml-style vec_dot/from_float function pointers (benchmarks)."""
+    lib = _load()
+    if lib is None:
+        raise BadArgumentError("gemm_foreign needs the compiled C kernels")
+    _, bs, ts, act = _qtype(qtype)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    M, K = X.shape
+    rb = row_bytes(qtype, K)
+    W = _u8(W_blocks, "weights")
+    N = _nbytes(W) // rb
+    if N * rb != _nbytes(W):
+        raise BadArgumentError("weights are not a whole number of rows")
+    ystride = K // ACT_TYPES[act][0] * ACT_TYPES[act][1]
+    Y = np.empty((M, N), dtype=np.float32)
+    _check(lib.qlab_gemm_foreign(vec_dot_ptr, from_float_ptr, rb, ystride, _ptr(W), N, K, X.ctypes.data, M,
+                                 Y.ctypes.data, n_threads), "gemm_foreign")
+    return Y
+
+
+__all__ = ["QTYPES", "ACT_TYPES", "PATHS", "library", "has_c_kernels", "available_paths", "best_path",
+           "quantize_activations", "vec_dot", "row_bytes", "gemm", "gemm_foreign"]

@@ -1,0 +1,20 @@
+"""qlab: LLM weight quantization from scratch — affine RTN, GPTQ, AWQ, GGUF — for learning and measuring."""
+
+from .affine import fake_quantize, quantize_affine
+from .errors import (
+    BadArgumentError,
+    FileFormatError,
+    ModelNotFoundError,
+    NonFiniteError,
+    NumericalError,
+    QlabError,
+    TextTooShortError,
+)
+from .model import load_model
+from .qtensor import QuantizedTensor
+
+__all__ = [
+    "BadArgumentError", "FileFormatError", "ModelNotFoundError", "NonFiniteError", "NumericalError", "QlabError",
+    "QuantizedTensor", "TextTooShortError", "fake_quantize", "load_model", "quantize_affine",
+]
+__version__ = "0.1.0"

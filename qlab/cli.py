@@ -1,0 +1,291 @@
+"""The `qlab` command: info, quantize, eval, compare, export — thin fronts over the library.
+
+Without --model the embedded SmolLM2-135M (dithered reference) is used; without --dataset the wiki splits
+(calibration split for quantize, evaluation split for eval). With --json the last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import BadArgumentError, QlabError
+
+
+def _group(value: str):
+    if value in ("channel", "tensor"):
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"group size must be an integer, 'channel' or 'tensor', not {value!r}")
+
+
+def _add_quant_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", choices=("rtn", "gptq", "awq"), default="rtn")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--group-size", type=_group, default=64, help="int dividing the rows, 'channel' or 'tensor'")
+    p.add_argument("--sym", action="store_true", help="symmetric grid (default: asymmetric, integer zero-point)")
+    p.add_argument("--skip", nargs="*", default=[], help="Linear names (or suffixes) to keep in float")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration samples (GPTQ/AWQ)")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sample")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("GPTQ")
+    g.add_argument("--damp", type=float, default=0.01, help="dampening, fraction of mean diag(H)")
+    g.add_argument("--block-size", type=int, default=128, help="lazy-batch width B")
+    g.add_argument("--act-order", action="store_true", help="quantize columns by descending diag(H)")
+    g.add_argument("--static-groups", action="store_true", help="group grids fixed before the sweep")
+    g.add_argument("--true-sequential", action="store_true", help="re-collect inputs after each sub-layer")
+    a = p.add_argument_group("AWQ")
+    a.add_argument("--alpha-grid", type=int, default=20, help="points of the α grid in [0, 1]")
+    a.add_argument("--no-clip", action="store_true", help="skip the clipping search")
+
+
+def make_quantizer(args):
+    """The block quantizer the arguments ask for."""
+    if args.method == "rtn":
+        from .pipeline import RTNQuantizer
+
+        return RTNQuantizer(args.bits, args.group_size, args.sym)
+    if args.method == "gptq":
+        from .gptq import GPTQQuantizer
+
+        return GPTQQuantizer(bits=args.bits, group_size=args.group_size, symmetric=args.sym, damp=args.damp,
+                             block_size=args.block_size, act_order=args.act_order, static_groups=args.static_groups,
+                             true_sequential=args.true_sequential)
+    from .awq import AWQQuantizer
+
+    return AWQQuantizer(bits=args.bits, group_size=args.group_size, symmetric=args.sym, alpha_grid=args.alpha_grid,
+                        clip=not args.no_clip)
+
+
+def _quantize(model, tokenizer, args, progress=True):
+    from .data import calibration_batches
+    from .pipeline import quantize_model
+
+    calib = None
+    if args.method != "rtn":
+        calib = calibration_batches(tokenizer, args.dataset or "wiki", args.nsamples, args.seqlen, args.seed)
+    return quantize_model(model, calib, make_quantizer(args), skip=args.skip, progress=progress)
+
+
+def cmd_quantize(args) -> dict:
+    from .checkpoint import save_quantized
+    from .model import describe, load_model
+
+    model, tokenizer = load_model(args.model)
+    result = _quantize(model, tokenizer, args)
+    print(result.table())
+    meta = {"base_model": args.model or "smollm2-135m", "method": result.method, "bits": args.bits,
+            "group_size": args.group_size, "symmetric": args.sym, "calibration": args.dataset or "wiki",
+            "description": f"{describe(model)} — quantized with {result.method}"}
+    out = save_quantized(model, tokenizer, result.qtensors, args.out, meta) if args.out else None
+    summary = {"method": result.method, "bits_per_weight": round(result.bits_per_weight(), 4),
+               "seconds": round(result.seconds, 2), "layers": len(result.layers), "out": str(out) if out else None}
+    print(f"{result.method}: {summary['layers']} Linears, {summary['bits_per_weight']} bits/weight, "
+          f"{summary['seconds']} s" + (f", written to {out}" if out else ""))
+    return summary
+
+
+def _eval_tokens(tokenizer, args):
+    from .data import eval_tokens
+
+    return eval_tokens(tokenizer, args.dataset or "wiki", args.tokens or None)
+
+
+def cmd_eval(args) -> dict:
+    from .eval import Evaluator, perplexity, protocol
+    from .model import describe, load_model
+
+    model, tokenizer = load_model(args.model)
+    tokens = _eval_tokens(tokenizer, args)
+    reference = args.reference
+    if reference is None and args.model and (Path(args.model) / "qlab.json").is_file():
+        reference = json.loads((Path(args.model) / "qlab.json").read_text()).get("base_model")
+    if reference:
+        ref_model, _ = load_model(reference)
+        r = Evaluator(ref_model, tokens, args.ctx).evaluate(model)
+    else:
+        r = perplexity(model, tokens, args.ctx)
+    print(f"model: {describe(model)}")
+    print(f"protocol: {protocol(args.ctx, len(tokens))}")
+    print(f"perplexity {r.perplexity:.3f} over {r.tokens} scored tokens in {r.seconds:.1f} s"
+          + (f"; KL vs {reference} {r.kl:.4f} nats, top-1 agreement {r.top1:.3f}" if reference else ""))
+    out = {"perplexity": r.perplexity, "tokens": r.tokens, "seconds": r.seconds, "ctx": args.ctx}
+    if reference:
+        out.update(kl=r.kl, top1=r.top1, reference=reference)
+    return out
+
+
+def parse_setting(text: str) -> argparse.Namespace:
+    """'method:bits:group[:sym|asym]', e.g. 'rtn:4:64:sym', 'gptq:3:channel'."""
+    parts = text.split(":")
+    if len(parts) not in (3, 4) or parts[0] not in ("rtn", "gptq", "awq"):
+        raise BadArgumentError(f"setting {text!r} is not method:bits:group[:sym|asym] (e.g. rtn:4:64:sym)")
+    ns = build_parser().parse_args(["quantize"])
+    ns.method, ns.bits, ns.group_size = parts[0], int(parts[1]), _group(parts[2])
+    ns.sym = len(parts) == 4 and parts[3] == "sym"
+    return ns
+
+
+def cmd_compare(args) -> dict:
+    from .eval import Evaluator, protocol
+    from .model import load_model
+
+    model, tokenizer = load_model(args.model)
+    tokens = _eval_tokens(tokenizer, args)
+    evaluator = Evaluator(model, tokens, args.ctx)
+    rows = [{"setting": "float32", "bits_per_weight": 32.0, "perplexity": evaluator.reference.perplexity,
+             "kl": 0.0, "top1": 1.0, "seconds": 0.0, "size_mb": None}]
+    for text in args.settings:
+        s = parse_setting(text)
+        s.dataset, s.nsamples, s.seqlen = args.calibration, args.nsamples, args.seqlen
+        q = copy.deepcopy(model)
+        result = _quantize(q, tokenizer, s, progress=False)
+        r = evaluator.evaluate(q)
+        size = sum(qt.storage_bits() for qt in result.qtensors.values()) / 8 / 2**20
+        rows.append({"setting": text, "bits_per_weight": result.bits_per_weight(), "perplexity": r.perplexity,
+                     "kl": r.kl, "top1": r.top1, "seconds": result.seconds, "size_mb": size})
+        del q
+    print(f"protocol: {protocol(args.ctx, len(tokens))}; sizes count the quantized Linears only")
+    print(f"{'setting':22s} {'MB':>7s} {'bits/w':>7s} {'ppl':>9s} {'KL':>8s} {'top-1':>6s} {'quant s':>8s}")
+    for r in rows:
+        mb = "" if r["size_mb"] is None else f"{r['size_mb']:7.2f}"
+        print(f"{r['setting']:22s} {mb:>7s} {r['bits_per_weight']:7.3f} {r['perplexity']:9.3f} {r['kl']:8.4f} "
+              f"{r['top1']:6.3f} {r['seconds']:8.1f}")
+    return {"rows": rows, "tokens": len(tokens), "ctx": args.ctx}
+
+
+def cmd_info(args) -> dict:
+    from .data import eval_tokens
+    from .eval import perplexity, protocol
+    from .model import EMBEDDED_VARIANTS, describe, load_model, parameter_count
+
+    model, tokenizer = load_model(args.model)
+    from .walk import linear_layers
+
+    shapes = {n: tuple(m.weight.shape) for n, m in linear_layers(model).items()}
+    out = {"model": args.model or "smollm2-135m", "description": describe(model),
+           "parameters": parameter_count(model), "linear_layers": len(shapes)}
+    print(f"model: {out['model']}\n  {out['description']}\n  {out['parameters'] / 1e6:.1f} M parameters, "
+          f"{len(shapes)} Linear layers")
+    for shape in sorted(set(shapes.values())):
+        print(f"  {sum(1 for s in shapes.values() if s == shape):3d} × Linear {shape[1]} → {shape[0]}")
+    if args.tokens:
+        names = list(EMBEDDED_VARIANTS) if args.model in (None, *EMBEDDED_VARIANTS) else [args.model]
+        out["perplexity"] = {}
+        for name in names:
+            m, tok = load_model(name)
+            tokens = eval_tokens(tok, args.dataset or "wiki", args.tokens)
+            r = perplexity(m, tokens, args.ctx, progress=False)
+            out["perplexity"][name] = r.perplexity
+            print(f"  perplexity of {name}: {r.perplexity:.3f} ({protocol(args.ctx, len(tokens))}, "
+                  f"{args.dataset or 'wiki'} evaluation split)")
+    return out
+
+
+def cmd_export(args) -> dict:
+    from .model import load_model
+
+    if args.format == "gguf":
+        from .gguf.writer import export_gguf
+
+        model, tokenizer = load_model(args.model)
+        imatrix = None
+        if args.imatrix:
+            from .data import calibration_batches
+            from .gguf.imatrix import collect_imatrix
+
+            imatrix = collect_imatrix(model, calibration_batches(tokenizer, args.dataset or "wiki", args.nsamples,
+                                                                  args.seqlen, args.seed))
+        path = export_gguf(model, tokenizer, args.out, args.type, imatrix=imatrix)
+    else:
+        from .checkpoint import load_quantized
+
+        model, tokenizer, qtensors, _ = load_quantized(args.model)
+        if args.format == "gptq":
+            from .export_gptq import save_gptq_checkpoint as save
+        else:
+            from .export_awq import save_awq_checkpoint as save
+        path = save(model, tokenizer, qtensors, args.out)
+    size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() \
+        else Path(path).stat().st_size
+    print(f"wrote {path} ({size / 2**20:.1f} MiB)")
+    return {"out": str(path), "bytes": size}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qlab", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p, dataset_help):
+        p.add_argument("--model", default=None, help="embedded name, HF id, folder or .gguf (default: embedded)")
+        p.add_argument("--dataset", default=None, help=dataset_help)
+        p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    def evaluation(p):
+        p.add_argument("--ctx", type=int, default=512, help="tokens per evaluation window")
+        p.add_argument("--tokens", type=int, default=4096, help="evaluation tokens (0: the whole split)")
+
+    p = sub.add_parser("info", help="describe a model (and its perplexity)")
+    common(p, "evaluation text (default: wiki evaluation split)")
+    evaluation(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("quantize", help="quantize a model and write it to --out")
+    common(p, "calibration text: wiki, news, code, wikitext2 or a file (default: wiki calibration split)")
+    _add_quant_args(p)
+    p.add_argument("--out", default=None, help="output folder")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("eval", help="perplexity (and KL against --reference)")
+    common(p, "evaluation text: wiki, news, code, wikitext2 or a file (default: wiki evaluation split)")
+    evaluation(p)
+    p.add_argument("--reference", default=None, help="reference model for KL / top-1 (default: a qlab folder's base)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="a table of quantization settings: size, bits/weight, ppl, KL, top-1")
+    common(p, "evaluation text (default: wiki evaluation split)")
+    evaluation(p)
+    p.add_argument("--settings", nargs="+", default=["rtn:8:64", "rtn:4:64", "rtn:4:64:sym", "rtn:3:64:sym"],
+                   help="method:bits:group[:sym|asym] ...")
+    p.add_argument("--calibration", default=None, help="calibration text for GPTQ/AWQ (default: wiki)")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="write a GGUF file, or a GPTQ/AWQ checkpoint from a qlab folder")
+    common(p, "calibration text for --imatrix (default: wiki calibration split)")
+    p.add_argument("--format", choices=("gguf", "gptq", "awq"), required=True)
+    p.add_argument("--type", default="Q8_0", help="GGUF type or mix: F32, F16, Q8_0, Q4_0, ..., Q4_K_M, ...")
+    p.add_argument("--imatrix", action="store_true", help="collect importance weights on calibration text")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output file (.gguf) or folder")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    try:
+        out = args.func(args)
+    except QlabError as e:
+        print(f"qlab: error: {e}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": str(e), "type": type(e).__name__}))
+        return 2
+    if args.json:
+        out.setdefault("seconds", round(time.perf_counter() - start, 2))
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Text corpora that work offline, their disjoint calibration/evaluation splits, and calibration batches.
+
+Named sources:
+    wiki       ~100 Wikipedia articles shipped in gensim's test data (markup stripped), CC BY-SA
+    news       300 news articles (gensim's lee_background.cor)
+    code       Python standard-library sources of the running interpreter
+    wikitext2  WikiText-2 raw through `datasets` (needs the network the first time)
+    any path   a UTF-8 text file of your own
+
+Splits: a named source is cut once, at a paragraph break near 90 % of its characters: the first part is the
+calibration split, the rest the evaluation split, so calibration never sees evaluation text (wikitext2 uses its
+own train/test splits). A user file is used whole for whichever role it is given.
+"""
+
+from __future__ import annotations
+
+import bz2
+import functools
+import os
+import re
+import sysconfig
+from pathlib import Path
+
+import torch
+
+from .errors import BadArgumentError, FileFormatError, TextTooShortError
+
+SOURCES = ("wiki", "news", "code", "wikitext2")
+EVAL_FRACTION = 0.1
+
+
+def _gensim_data() -> Path:
+    import gensim
+
+    return Path(gensim.__file__).parent / "test" / "test_data"
+
+
+def _wiki() -> str:
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    path = _gensim_data() / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+    articles = []
+    with bz2.open(path) as f:
+        for title, markup, _ in extract_pages(f):
+            if markup.lstrip().upper().startswith("#REDIRECT"):
+                continue
+            text = filter_wiki(markup).replace("'''", "").replace("''", "")
+            lines = [ln.strip() for ln in text.splitlines()]
+            text = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+            if len(text) > 500:
+                articles.append(f"= {title} =\n\n{text}")
+    return "\n\n".join(articles)
+
+
+def _news() -> str:
+    lines = (_gensim_data() / "lee_background.cor").read_text(encoding="utf-8").splitlines()
+    return "\n\n".join(ln.strip() for ln in lines if ln.strip())
+
+
+def _code(max_chars: int = 3_000_000) -> str:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts, total = [], 0
+    for path in sorted(root.glob("*.py")):  # top-level modules only: deterministic, no tests or vendored code
+        text = path.read_text(encoding="utf-8", errors="replace")
+        parts.append(f"# file: {path.name}\n{text}")
+        total += len(text)
+        if total >= max_chars:
+            break
+    return "\n\n".join(parts)
+
+
+def _read_file(path: str | os.PathLike) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise FileFormatError(f"text file {p} does not exist; give one of {SOURCES} or the path of a UTF-8 text file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise FileFormatError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from e
+    except OSError as e:
+        raise FileFormatError(f"cannot read {p}: {e.strerror}") from e
+
+
+@functools.lru_cache(maxsize=8)
+def load_text(source: str = "wiki") -> str:
+    """The whole text of a named source or a file (both splits together for named sources)."""
+    if source == "wiki":
+        return _wiki()
+    if source == "news":
+        return _news()
+    if source == "code":
+        return _code()
+    if source == "wikitext2":
+        calib, test = _wikitext2()
+        return calib + "\n\n" + test
+    return _read_file(source)
+
+
+def _wikitext2() -> tuple[str, str]:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset("wikitext", "wikitext-2-raw-v1")
+    except Exception as e:  # ImportError or no network
+        raise FileFormatError(
+            f"wikitext2 needs the `datasets` package and the network the first time ({e.__class__.__name__}); "
+            f"offline, use 'wiki', 'news', 'code' or a text file"
+        ) from e
+    return "\n\n".join(ds["train"]["text"]), "\n\n".join(ds["test"]["text"])
+
+
+def _cut(text: str, fraction: float = EVAL_FRACTION) -> int:
+    target = int(len(text) * (1 - fraction))
+    brk = text.find("\n\n", target)
+    return target if brk < 0 else brk
+
+
+def split_text(source: str = "wiki", split: str = "calibration") -> str:
+    """The calibration or evaluation split of a named source; a file is returned whole for either."""
+    if split not in ("calibration", "evaluation"):
+        raise BadArgumentError(f"split must be 'calibration' or 'evaluation', got {split!r}")
+    if source == "wikitext2":
+        return _wikitext2()[0 if split == "calibration" else 1]
+    text = load_text(source)
+    if source not in SOURCES:
+        return text
+    cut = _cut(text)
+    return text[:cut] if split == "calibration" else text[cut:].lstrip("\n")
+
+
+@functools.lru_cache(maxsize=16)
+def _tokens(tokenizer, source: str, split: str) -> torch.Tensor:
+    text = split_text(source, split)
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def calibration_batches(
+    tokenizer, source: str = "wiki", n_samples: int = 32, seqlen: int = 512, seed: int = 0
+) -> torch.Tensor:
+    """n_samples windows of seqlen tokens drawn at seeded random offsets from the calibration split: [n, seqlen]."""
+    if n_samples < 1 or seqlen < 2:
+        raise BadArgumentError(f"need n_samples ≥ 1 and seqlen ≥ 2, got {n_samples} and {seqlen}")
+    ids = _tokens(tokenizer, source, "calibration")
+    if len(ids) < seqlen:
+        raise TextTooShortError(
+            f"the calibration text of {source!r} has {len(ids)} tokens, fewer than one sample of {seqlen}: "
+            f"give a longer text or a smaller sequence length"
+        )
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - seqlen + 1, (n_samples,), generator=g)
+    return torch.stack([ids[s : s + seqlen] for s in starts.tolist()])
+
+
+def eval_tokens(tokenizer, source: str = "wiki", max_tokens: int | None = 4096) -> torch.Tensor:
+    """The first max_tokens tokens of the evaluation split (all of it when None): [T]."""
+    ids = _tokens(tokenizer, source, "evaluation")
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise TextTooShortError(f"the evaluation text of {source!r} has {len(ids)} tokens; perplexity needs ≥ 2")
+    return ids

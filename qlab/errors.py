@@ -1,0 +1,29 @@
+"""Errors qlab raises for user mistakes: each message says what to change."""
+
+
+class QlabError(Exception):
+    """Base of every error caused by input qlab cannot use."""
+
+
+class BadArgumentError(QlabError, ValueError):
+    """An argument is out of range or inconsistent (bits, group size, shapes...)."""
+
+
+class NonFiniteError(QlabError, ValueError):
+    """NaN or Inf where finite numbers are required (weights, activations, statistics)."""
+
+
+class TextTooShortError(QlabError, ValueError):
+    """The text cannot fill the requested calibration samples or evaluation windows."""
+
+
+class ModelNotFoundError(QlabError, LookupError):
+    """A model name or folder that cannot be loaded (unknown, offline, missing files)."""
+
+
+class FileFormatError(QlabError, ValueError):
+    """A file that is unreadable, truncated, or not of the expected format."""
+
+
+class NumericalError(QlabError, ArithmeticError):
+    """A numerical procedure failed (e.g. a Hessian that stays non positive definite)."""

