@@ -152,6 +152,24 @@ def _embedded_folder(name: str) -> Path:
     return folders[name]
 
 
+def _check_hub_id(name: str) -> None:
+    """Fail fast, with a clear message, when a Hugging Face id is neither cached nor reachable."""
+    import socket
+
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+    except OSError:
+        raise ModelNotFoundError(
+            f"model {name!r} is not an embedded name ({', '.join(EMBEDDED_VARIANTS)}) nor a local folder, and it "
+            f"is not in the Hugging Face cache; the hub cannot be reached (offline). Use the embedded model, a local "
+            f"folder, or go online once to download {name!r}."
+        ) from None
+
+
 def describe(model: nn.Module) -> str:
     """What a loaded model is (the embedded variants say how they were built)."""
     return getattr(model, "qlab_description", getattr(model.config, "_name_or_path", "model"))
@@ -181,6 +199,7 @@ def load_model(name: str | os.PathLike | None = None, dtype: torch.dtype = torch
             raise ModelNotFoundError(f"{folder} has no config.json: give a Hugging Face model folder")
     else:
         folder = name
+        _check_hub_id(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)

@@ -1,0 +1,108 @@
+"""Evaluation against transformers' own loss, the block walk against the model's own forward, RTN end to end."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from qlab.checkpoint import load_quantized, save_quantized
+from qlab.data import eval_tokens
+from qlab.eval import Evaluator, perplexity
+from qlab.model import decoder_blocks
+from qlab.pipeline import RTNQuantizer, quantize_model
+from qlab.walk import capture_block_inputs
+
+
+def test_perplexity_equals_transformers_loss(tiny_llama):
+    tokens = torch.randint(0, 256, (300,), generator=torch.Generator().manual_seed(0))
+    nll, n = 0.0, 0
+    for i in range(0, 300, 128):  # windows of 128: 128, 128, 44 tokens
+        w = tokens[i : i + 128][None]
+        with torch.no_grad():
+            loss = tiny_llama(w, labels=w).loss  # mean over the window's len−1 predicted tokens
+        nll += float(loss) * (w.shape[1] - 1)
+        n += w.shape[1] - 1
+    r = perplexity(tiny_llama, tokens, ctx=128, progress=False)
+    assert r.tokens == n == 297
+    assert r.perplexity == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+def test_kl_of_a_model_against_itself_is_zero(tiny_llama):
+    tokens = torch.randint(0, 256, (200,), generator=torch.Generator().manual_seed(1))
+    ev = Evaluator(tiny_llama, tokens, ctx=64, progress=False)
+    r = ev.evaluate(tiny_llama)
+    assert r.kl == pytest.approx(0.0, abs=1e-6) and r.top1 == 1.0
+    assert r.perplexity == pytest.approx(ev.reference.perplexity, rel=1e-6)
+
+
+def test_block_walk_reproduces_the_forward_pass(tiny_llama):
+    ids = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(2))
+    inputs = capture_block_inputs(tiny_llama, ids)
+    for block in decoder_blocks(tiny_llama):
+        inputs = inputs.run(block)
+    logits = torch.stack([tiny_llama.lm_head(tiny_llama.model.norm(h))[0] for h in inputs.hidden])
+    with torch.no_grad():
+        torch.testing.assert_close(logits, tiny_llama(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_rtn_pipeline_sets_weights_reports_errors_and_skips(tiny_llama):
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(3))
+    original = copy.deepcopy(tiny_llama)
+    result = quantize_model(tiny_llama, ids, RTNQuantizer(3, 32, True), skip=["mlp.down_proj"], progress=False)
+    assert len(result.qtensors) == 2 * 6  # q, k, v, o, gate, up in each of 2 blocks
+    for name, qt in result.qtensors.items():
+        lin = tiny_llama.get_submodule(name)
+        torch.testing.assert_close(lin.weight, qt.dequantize())
+    for i in range(2):
+        torch.testing.assert_close(tiny_llama.model.layers[i].mlp.down_proj.weight,
+                                   original.model.layers[i].mlp.down_proj.weight)
+    assert all(0 < r.output_error < 1 and 0 < r.weight_error < 1 for r in result.layers)
+    assert result.bits_per_weight() == pytest.approx(3 + 16 / 32)
+
+
+def test_checkpoint_round_trip_and_atomic_failure(tiny_llama, tmp_path, monkeypatch):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, "[UNK]")))
+    result = quantize_model(tiny_llama, None, RTNQuantizer(4, 32), progress=False)
+    out = save_quantized(tiny_llama, tok, result.qtensors, tmp_path / "q", {"method": result.method})
+    model, _, qts, meta = load_quantized(out)
+    assert meta["method"] == "RTN int4 asym g32"
+    for name, qt in qts.items():
+        torch.testing.assert_close(model.get_submodule(name).weight, qt.dequantize())
+        assert torch.equal(qt.codes, result.qtensors[name].codes)
+
+    def fail(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tok, "save_pretrained", fail)
+    with pytest.raises(OSError):
+        save_quantized(tiny_llama, tok, result.qtensors, tmp_path / "broken", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # nothing half-written left behind
+
+
+@pytest.fixture(scope="module")
+def wiki_eval(embedded):
+    model, tok = embedded
+    return Evaluator(model, eval_tokens(tok, "wiki", 1024), progress=False)
+
+
+def _rtn(model, **kw):
+    q = copy.deepcopy(model)
+    quantize_model(q, None, RTNQuantizer(**kw), progress=False)
+    return q
+
+
+def test_embedded_8bit_rtn_is_nearly_lossless(embedded, wiki_eval):
+    r = wiki_eval.evaluate(_rtn(embedded[0], bits=8, group_size=64))
+    assert abs(r.perplexity / wiki_eval.reference.perplexity - 1) < 0.005
+    assert r.top1 > 0.95 and r.kl < 0.01
+
+
+def test_embedded_3bit_rtn_raises_perplexity(embedded, wiki_eval):
+    r4 = wiki_eval.evaluate(_rtn(embedded[0], bits=4, group_size=64, symmetric=True))
+    r3 = wiki_eval.evaluate(_rtn(embedded[0], bits=3, group_size=64, symmetric=True))
+    assert wiki_eval.reference.perplexity < r4.perplexity < r3.perplexity
+    assert 0 < r4.kl < r3.kl
