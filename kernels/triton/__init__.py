@@ -4,6 +4,6 @@ Import with TRITON_INTERPRET=1 already set to run them on a CPU (the interpreter
 The weight layout is qlab's canonical packed one (`qlab.packing.pack_rows(codes.T, bits)`, GPTQ qweight).
 """
 
-from .wq_matmul import SUPPORTED_BITS, Config, choose_config, dequantize, interpreting, wq_matmul
+from .w4a16 import SUPPORTED_BITS, Config, choose_config, dequantize, interpreting, wq_matmul
 
 __all__ = ["SUPPORTED_BITS", "Config", "choose_config", "dequantize", "interpreting", "wq_matmul"]
