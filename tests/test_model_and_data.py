@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from qlab import FileFormatError, ModelNotFoundError, TextTooShortError, load_model
+from qlab.grid import levels_per_block
 from qlab.data import calibration_batches, eval_tokens, split_text
 from qlab.model import EXACT, embedded_gguf_path
 from qlab.walk import linear_layers
@@ -16,15 +17,10 @@ def exact():
     return load_model(EXACT)[0]
 
 
-def _levels_per_block(W: torch.Tensor, block: int = 32) -> torch.Tensor:
-    b = W.reshape(-1, block).sort(dim=1).values
-    return 1 + (b[:, 1:] != b[:, :-1]).sum(1)
-
-
 def test_exact_variant_sits_on_the_q4_1_grid(exact):
     """At most 16 distinct values in every 32-weight block of every Linear (Q4_1's 4 bits)."""
     for name, lin in linear_layers(exact.model.layers).items():
-        assert int(_levels_per_block(lin.weight.detach()).max()) <= 16, name
+        assert int(levels_per_block(lin.weight.detach()).max()) <= 16, name
 
 
 def test_dithered_variant_adds_at_most_half_a_step(embedded, exact):
@@ -44,7 +40,7 @@ def test_dithered_variant_adds_at_most_half_a_step(embedded, exact):
     uses_full_range = (codes.min(1).values == 0) & (codes.max(1).values == 15)  # then d = (max − min)/15
     assert bool((diff.max(1).values[uses_full_range] <= d_lower[uses_full_range] / 2 * 1.001 + 1e-7).all())
     assert float(diff.mean()) > 0.2 * float((step / 15).mean() / 2)  # really dithered, not a copy
-    assert int(_levels_per_block(model.model.layers[3].mlp.down_proj.weight.detach()).min()) > 16
+    assert int(levels_per_block(model.model.layers[3].mlp.down_proj.weight.detach()).min()) > 16
 
 
 def test_tied_embeddings_and_description(embedded):
