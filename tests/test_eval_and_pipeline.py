@@ -62,8 +62,8 @@ def test_rtn_pipeline_sets_weights_reports_errors_and_skips(tiny_llama):
 
 
 def test_checkpoint_round_trip_and_atomic_failure(tiny_llama, tmp_path, monkeypatch):
-    from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"a": 0, "[UNK]": 1}, "[UNK]")))
     result = quantize_model(tiny_llama, None, RTNQuantizer(4, 32), progress=False)

@@ -3,9 +3,13 @@
 import json
 import pathlib
 import re
-import tomllib
 
 from packaging.requirements import Requirement
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,7 +32,7 @@ def test_environment_yml_agrees_with_pyproject():
     wanted = [Requirement(r) for r in project["dependencies"]]
     for extra in ("notebooks", "triton", "test"):
         wanted += [Requirement(r) for r in project["optional-dependencies"][extra]]
-    lines = re.findall(r"^\s+- ([A-Za-z0-9_.\-]+[^\n]*)$", (ROOT / "environment.yml").read_text(), re.M)
+    lines = re.findall(r"^      - ([A-Za-z0-9_.\-]+[^\n]*)$", (ROOT / "environment.yml").read_text(), re.M)
     conda = {Requirement(x).name.lower(): Requirement(x) for x in lines if not x.startswith(("-e", "python", "pip"))}
     for req in wanted:
         assert req.name.lower() in conda, f"{req.name} is in pyproject.toml but not in environment.yml"
