@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .model import decoder_blocks
 from .walk import linear_layers
 
 
@@ -17,9 +18,10 @@ def levels_per_block(W: torch.Tensor, block: int = 32) -> torch.Tensor:
 
 
 def level_histogram(model: nn.Module, block: int = 32) -> torch.Tensor:
-    """Over every Linear of the model: how many blocks have 1, 2, …, block distinct values ([block + 1] counts)."""
+    """Over every Linear of the decoder blocks (not the embeddings / output head): how many blocks of weights
+    have 1, 2, …, block distinct values ([block + 1] counts)."""
     counts = torch.zeros(block + 1, dtype=torch.long)
-    for lin in linear_layers(model).values():
+    for lin in linear_layers(decoder_blocks(model)).values():
         if lin.weight.shape[-1] % block == 0:
             counts += torch.bincount(levels_per_block(lin.weight, block), minlength=block + 1)
     return counts

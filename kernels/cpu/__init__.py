@@ -49,7 +49,8 @@ def _load() -> ctypes.CDLL | None:
     i64, vp, c_int, fp = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_float)
     lib.qlab_cpu_features.restype = c_int
     lib.qlab_cpu_features.argtypes = []
-    for name in ("qlab_quantize_q8_0", "qlab_quantize_q8_K"):
+    for name in ("qlab_quantize_q8_0", "qlab_quantize_q8_0_scalar", "qlab_quantize_q8_K", "qlab_quantize_w_q4_0",
+                 "qlab_quantize_w_q8_0"):
         getattr(lib, name).restype = None
         getattr(lib, name).argtypes = [vp, vp, i64]
     lib.qlab_vec_dot.restype = c_int
@@ -58,6 +59,10 @@ def _load() -> ctypes.CDLL | None:
     lib.qlab_gemm.argtypes = [c_int, c_int, vp, i64, i64, vp, i64, vp, c_int]
     lib.qlab_gemm_foreign.restype = c_int
     lib.qlab_gemm_foreign.argtypes = [vp, vp, i64, i64, vp, i64, i64, vp, i64, vp, c_int]
+    lib.qlab_read_sum.restype = ctypes.c_uint64
+    lib.qlab_read_sum.argtypes = [vp, i64]
+    lib.qlab_peak_probe.restype = ctypes.c_double
+    lib.qlab_peak_probe.argtypes = [c_int, i64]
     return lib
 
 
@@ -103,7 +108,8 @@ def _u8(buf: Any, what: str) -> np.ndarray | torch.Tensor:
     """A contiguous uint8 view (numpy or torch CPU), copied to an aligned buffer if its address is odd."""
     if isinstance(buf, torch.Tensor):
         if buf.device.type != "cpu" or buf.dtype != torch.uint8:
-            raise BadArgumentError(f"{what}: expected a CPU uint8 tensor of block bytes, got {buf.dtype} on {buf.device}")
+            raise BadArgumentError(f"{what}: expected a CPU uint8 tensor of block bytes, "
+                                   f"got {buf.dtype} on {buf.device}")
         t = buf.contiguous()
         if t.data_ptr() % 16:
             t = t.clone()
@@ -134,8 +140,12 @@ def _check(rc: int, what: str) -> None:
         raise BadArgumentError(f"{what}: kernel refused the call ({_ERRORS.get(rc, rc)})")
 
 
-def quantize_activations(x: np.ndarray, act_type: str) -> np.ndarray:
-    """Quantize float32 activations [.., K] to Q8_0 / Q8_K blocks (bytes), as ggml's from_float does."""
+def quantize_activations(x: np.ndarray, act_type: str, path: str | None = None) -> np.ndarray:
+    """Quantize float32 activations [.., K] to Q8_0 / Q8_K blocks (bytes), as ggml's from_float does.
+
+    Q8_0: d = amax/127, q = rne(x * 127/amax) (ggml-cpu's quantize_row_q8_0); Q8_K: quantize_row_q8_K_ref.
+    path="scalar" forces the portable C loop for Q8_0 (the default uses AVX2 when present; same bytes).
+    """
     act_type = act_type.upper()
     if act_type not in ACT_TYPES:
         raise BadArgumentError(f"activation type must be Q8_0 or Q8_K, not {act_type!r}")
@@ -149,9 +159,36 @@ def quantize_activations(x: np.ndarray, act_type: str) -> np.ndarray:
 
         return quantize(x.reshape(-1, x.shape[-1]), act_type).reshape(-1)
     out = np.zeros(x.size // bs * ts, dtype=np.uint8)
-    fn = lib.qlab_quantize_q8_0 if act_type == "Q8_0" else lib.qlab_quantize_q8_K
+    scalar = (path or os.environ.get("QLAB_CPU_PATH") or "").lower() == "scalar"
+    fn = (lib.qlab_quantize_q8_0_scalar if scalar else lib.qlab_quantize_q8_0) if act_type == "Q8_0" \
+        else lib.qlab_quantize_q8_K
     for r, row in enumerate(x.reshape(-1, x.shape[-1])):
         fn(row.ctypes.data, out.ctypes.data + r * (row.size // bs * ts), row.size)
+    return out
+
+
+def quantize_weights(W: np.ndarray, qtype: str) -> np.ndarray:
+    """Float32 weights [N, K] -> GGUF block bytes [N, row_bytes], as ggml_quantize_chunk (no imatrix).
+
+    Q4_0 / Q8_0 run in C (ggml's reference quantizers, byte for byte); the k-quants use qlab.gguf.quantize.
+    """
+    _qtype(qtype)
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    if W.ndim != 2:
+        raise BadArgumentError(f"weights must be 2-D [N, K], got shape {W.shape}")
+    rb = row_bytes(qtype, W.shape[1])
+    if not np.isfinite(W).all():
+        from qlab.errors import NonFiniteError
+
+        raise NonFiniteError("weights contain NaN or Inf: GGUF blocks need finite values")
+    lib = _load()
+    if lib is None or qtype.upper() not in ("Q4_0", "Q8_0"):
+        from qlab.gguf import quantize
+
+        return quantize(W, qtype.upper()).reshape(W.shape[0], rb)
+    out = np.empty((W.shape[0], rb), dtype=np.uint8)
+    fn = lib.qlab_quantize_w_q4_0 if qtype.upper() == "Q4_0" else lib.qlab_quantize_w_q8_0
+    fn(W.ctypes.data, out.ctypes.data, W.size)
     return out
 
 
@@ -250,4 +287,4 @@ def gemm_foreign(vec_dot_ptr: int, from_float_ptr: int, qtype: str, W_blocks: An
 
 
 __all__ = ["QTYPES", "ACT_TYPES", "PATHS", "library", "has_c_kernels", "available_paths", "best_path",
-           "quantize_activations", "vec_dot", "row_bytes", "gemm", "gemm_foreign"]
+           "quantize_activations", "quantize_weights", "vec_dot", "row_bytes", "gemm", "gemm_foreign"]

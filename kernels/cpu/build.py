@@ -1,0 +1,106 @@
+"""Compile qlab's C kernels (qlab_cpu.c) into a shared library, cached by source hash, with the system compiler.
+
+The library is built once per source/compiler/flags combination into ``$QLAB_KERNEL_CACHE`` (default
+``~/.cache/qlab/kernels/<hash>/``), written to a temporary file and moved into place atomically, so that
+concurrent processes never load a half-written file. ``python -m qlab.kernels.cpu.build`` builds it ahead of
+time (the README's set-up runs it). No ``-march=native``: the SIMD paths carry their own target attributes and
+are chosen at run time by cpuid, so one build runs on any x86-64 (or ARM) machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+SOURCES = ("qlab_cpu.c",)
+HEADERS = ("qlab_rows_x86.h",)
+FLAGS = ("-O2", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-pthread")
+LIB_NAME = "libqlab_cpu.so"
+
+
+class BuildError(RuntimeError):
+    """No C compiler, or the compiler failed."""
+
+
+def source_dir() -> Path:
+    return Path(__file__).resolve().parent
+
+
+def compiler() -> str | None:
+    """The C compiler: $CC, else cc, gcc or clang on PATH (None if there is none)."""
+    env = os.environ.get("CC")
+    if env and shutil.which(env.split()[0]):
+        return env.split()[0]
+    for name in ("cc", "gcc", "clang"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def cache_root() -> Path:
+    env = os.environ.get("QLAB_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "qlab" / "kernels"
+
+
+def build_key(cc: str, extra_flags: tuple[str, ...] = ()) -> str:
+    """Hash of the sources, flags, compiler and platform: a new key whenever any of them changes."""
+    h = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        h.update((source_dir() / name).read_bytes())
+    h.update(" ".join(FLAGS + tuple(extra_flags)).encode())
+    h.update(cc.encode())
+    h.update(platform.machine().encode())
+    return h.hexdigest()[:16]
+
+
+def library_path() -> Path | None:
+    """Where the library for the current sources lives (None without a compiler)."""
+    cc = compiler()
+    return None if cc is None else cache_root() / build_key(cc) / LIB_NAME
+
+
+def build(force: bool = False, verbose: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile the kernels if needed and return the library's path (raises BuildError).
+
+    extra_flags: e.g. ("-DQLAB_NO_SIMD",) builds the portable scalar-only library (what a CPU without SIMD
+    paths, or a compiler without intrinsics, gets), cached separately."""
+    cc = compiler()
+    if cc is None:
+        raise BuildError("no C compiler found (install gcc or clang, or set CC)")
+    out = cache_root() / build_key(cc, tuple(extra_flags)) / LIB_NAME
+    if out.exists() and not force:
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=out.parent)
+    os.close(fd)
+    cmd = [cc, *FLAGS, *extra_flags, *[str(source_dir() / s) for s in SOURCES], "-o", tmp, "-lm"]
+    if verbose:
+        print(" ".join(cmd), file=sys.stderr)
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if res.returncode != 0:
+            raise BuildError(f"compiling qlab's CPU kernels failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def main() -> None:
+    """Build the kernels now (used by the README's set-up): prints the library path."""
+    path = build(force="--force" in sys.argv, verbose=True)
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Whole-model GGUF export: a Hugging Face llama-architecture model -> a .gguf file llama.cpp loads and runs.
+
+The container is written with the `gguf` package's GGUFWriter; qlab supplies everything in it:
+
+    header  "GGUF", version 3, tensor count, metadata count
+    kv      general.* and llama.* hyper-parameters (block_count, embedding_length, head_count, rope ...),
+            the tokenizer (tokenizer.ggml.model = "gpt2": tokens, token types, BPE merges, special ids)
+    infos   per tensor: GGUF name, shape (ne[0] = input features first), GGML type, data offset
+    data    each tensor's raw bytes: float32/float16, or qlab's own quantized blocks (qlab.gguf.quantize)
+
+Tensor names follow llama.cpp (model.layers.3.self_attn.q_proj.weight -> blk.3.attn_q.weight). The rows of
+attn_q / attn_k are permuted from Hugging Face's rotary layout (two halves per head) to llama.cpp's (pairs
+interleaved): rows [head, half, i] -> [head, i, half]. Per-tensor types come from `mixes.tensor_type`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
+from tqdm.auto import tqdm
+
+from ..errors import BadArgumentError, NonFiniteError
+from . import mixes
+
+T = GGMLQuantizationType
+
+_BLOCK_NAMES = {
+    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+_TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+              "lm_head.weight": "output.weight"}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+# sha256 of str(tokenizer.encode(CHKTXT)) -> llama.cpp pre-tokenizer name (facts published by llama.cpp's
+# convert_hf_to_gguf_update.py; a few common byte-level BPE families)
+CHKTXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ "
+          "(multiple emojis concatenated) ✅ 🦙🦙 "
+          "3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
+          "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
+          "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL")
+PRE_TOKENIZERS = {
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
+    "0fe1cf6eda062318a1af7270f3331a85c539a01778ff948e24388e949c5282f4": "gpt-2",
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
+    "35d91631860c815f952d711435f48d356ebac988362536bed955d43bfa436e34": "starcoder",
+    "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
+    "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",
+}
+
+
+def gguf_name(hf_name: str) -> str | None:
+    """llama.cpp's name of a Hugging Face llama tensor (None for tensors GGUF does not store, e.g. rotary buffers)."""
+    if hf_name in _TOP_NAMES:
+        return _TOP_NAMES[hf_name]
+    m = _LAYER_RE.match(hf_name)
+    if m and m.group(2) in _BLOCK_NAMES:
+        return f"blk.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    return None
+
+
+def hf_name(gguf_tensor_name: str) -> str | None:
+    """Inverse of gguf_name."""
+    for k, v in _TOP_NAMES.items():
+        if v == gguf_tensor_name:
+            return k
+    parts = gguf_tensor_name.split(".")
+    if len(parts) == 4 and parts[0] == "blk":
+        for k, v in _BLOCK_NAMES.items():
+            if v == parts[2]:
+                return f"model.layers.{parts[1]}.{k}.{parts[3]}"
+    return None
+
+
+def gguf_rows_from_hf(rows: np.ndarray, n_head: int) -> np.ndarray:
+    """Hugging Face q/k rows [head, half, i] -> llama.cpp's [head, i, half] (rotary pairs interleaved)."""
+    half = rows.shape[0] // n_head // 2
+    return rows.reshape(n_head, 2, half, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+def _rope_theta(cfg) -> float:
+    rp = getattr(cfg, "rope_parameters", None) or {}
+    if rp.get("rope_type", "default") not in ("default", None):
+        raise BadArgumentError(f"rope scaling {rp.get('rope_type')!r} is not supported by qlab's GGUF writer: "
+                               f"export a model with plain rotary embeddings")
+    theta = rp.get("rope_theta", getattr(cfg, "rope_theta", None))
+    return float(theta if theta is not None else 10000.0)
+
+
+def _add_hparams(w: GGUFWriter, cfg, ftype: int, name: str) -> None:
+    n_head = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    w.add_name(name)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_kv)
+    w.add_rope_freq_base(_rope_theta(cfg))
+    w.add_layer_norm_rms_eps(float(cfg.rms_norm_eps))
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != cfg.hidden_size // n_head:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    w.add_file_type(ftype)
+    w.add_quantization_version(2)
+
+
+def _pre_tokenizer(tokenizer) -> str:
+    ids = tokenizer.encode(CHKTXT, add_special_tokens=False)
+    return PRE_TOKENIZERS.get(hashlib.sha256(str(ids).encode()).hexdigest(), "default")
+
+
+def _add_tokenizer(w: GGUFWriter, tokenizer, vocab_size: int) -> None:
+    """tokenizer.ggml.*: byte-level BPE ("gpt2") tokens, types, merges and special ids, as llama.cpp reads them."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise BadArgumentError("qlab's GGUF writer needs a fast (tokenizers) tokenizer")
+    spec = json.loads(backend.to_str())
+    if spec["model"]["type"] != "BPE" or spec["model"].get("byte_fallback"):
+        raise BadArgumentError("qlab's GGUF writer supports byte-level BPE tokenizers (GPT-2 style, e.g. SmolLM2, "
+                               "Llama 3); this tokenizer is a SentencePiece-style one")
+    vocab = tokenizer.get_vocab()
+    added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [TokenType.UNUSED] * vocab_size
+    for tok, i in vocab.items():
+        if i >= vocab_size:
+            raise BadArgumentError(f"token id {i} ≥ the model's vocab_size {vocab_size}")
+        tokens[i] = tok
+        if tok in added:
+            types[i] = TokenType.CONTROL if added[tok].special else TokenType.USER_DEFINED
+        else:
+            types[i] = TokenType.NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(_pre_tokenizer(tokenizer))
+    w.add_token_list(tokens)
+    w.add_token_types([int(t) for t in types])
+    w.add_token_merges(merges)
+    for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
+                      ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
+        tid = getattr(tokenizer, attr, None)
+        if tid is not None:
+            add(int(tid))
+    w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+    w.add_add_space_prefix(False)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        w.add_chat_template(template)
+
+
+def _quantize_rows(x: np.ndarray, t: GGMLQuantizationType, imatrix: np.ndarray | None) -> np.ndarray:
+    """Rows of float32 -> raw GGML block bytes [rows, bytes per row] with qlab's block formats."""
+    try:
+        from . import quantize  # qlab.gguf.quantize: qlab's own byte-exact block formats
+    except ImportError:  # block formats not installed: gguf-py's legacy quantizers (no imatrix, no k-quants)
+        import gguf.quants
+
+        if imatrix is not None or t not in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0):
+            raise
+        raw = gguf.quants.quantize(x, t)
+    else:
+        raw = np.asarray(quantize(x, t.name, imatrix=imatrix), dtype=np.uint8)
+    blk, nbytes = GGML_QUANT_SIZES[t]
+    return raw.reshape(x.shape[0], x.shape[1] // blk * nbytes)
+
+
+def model_tensors(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The model's float32 tensors by GGUF name (q/k rows permuted to llama.cpp's order), and GGUF -> HF names."""
+    cfg = model.config
+    if getattr(cfg, "model_type", None) != "llama":
+        raise BadArgumentError(f"qlab's GGUF writer handles llama-architecture models; this one is "
+                               f"{getattr(cfg, 'model_type', type(model).__name__)!r}")
+    n_head = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    out, names = {}, {}
+    for name, p in model.state_dict().items():
+        g = gguf_name(name)
+        if g is None or (tied and g == "output.weight"):
+            continue
+        a = p.detach().to(torch.float32).cpu().numpy()
+        if not np.isfinite(a).all():
+            raise NonFiniteError(f"{name} holds NaN/Inf: a GGUF of it would be garbage; fix the model first")
+        if ".attn_q." in g:
+            a = gguf_rows_from_hf(a, n_head)
+        elif ".attn_k." in g:
+            a = gguf_rows_from_hf(a, n_kv)
+        out[g], names[g] = np.ascontiguousarray(a), name
+    return out, names
+
+
+def export_gguf(model, tokenizer, out_path: str | os.PathLike, qtype: str = "Q8_0",
+                imatrix: dict[str, np.ndarray] | None = None, progress: bool = True, pure: bool = False) -> Path:
+    """Write model + tokenizer as a GGUF file of type qtype (F32, F16, Q8_0, Q4_0 ... or a mix like Q4_K_M).
+
+    imatrix: {Hugging Face Linear name: mean x² per input channel} (collect_imatrix), used by the types that
+    take importance weights. pure: every weight gets the file type's default type (llama-quantize --pure).
+    The file is written to a temporary name in the same folder and renamed: never a truncated file."""
+    ftype_name = mixes.file_type(qtype)
+    ftype = int(mixes.FILE_TYPES[ftype_name][0])
+    out_path = Path(out_path)
+    if out_path.suffix != ".gguf":
+        raise BadArgumentError(f"a GGUF file name should end in .gguf, got {out_path.name}")
+    cfg = model.config
+    tensors, hf_names = model_tensors(model)
+    n_gqa = cfg.num_attention_heads // (getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    imatrix = {k.removesuffix(".weight"): np.asarray(v, dtype=np.float32) for k, v in (imatrix or {}).items()}
+    tied = "output.weight" not in tensors
+    types = {g: mixes.tensor_type(ftype_name, g, a.shape, cfg.num_hidden_layers, n_gqa, tied, bool(imatrix), pure)
+             for g, a in tensors.items()}
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        w = GGUFWriter(tmp, "llama")
+        _add_hparams(w, cfg, ftype, str(getattr(model, "qlab_description", None) or
+                                        getattr(cfg, "_name_or_path", "") or "model")[:200])
+        _add_tokenizer(w, tokenizer, cfg.vocab_size)
+        for g in tqdm(list(tensors), desc=f"GGUF {ftype_name}", disable=not progress):
+            a, t = tensors.pop(g), types[g]
+            if t == T.F32:
+                w.add_tensor(g, a)
+            elif t == T.F16:
+                w.add_tensor(g, a.astype(np.float16))
+            else:
+                im = imatrix.get(hf_names[g].removesuffix(".weight"))
+                if im is not None and im.shape != (a.shape[1],):
+                    raise BadArgumentError(f"imatrix for {hf_names[g]} has shape {im.shape}, expected "
+                                           f"({a.shape[1]},)")
+                w.add_tensor(g, _quantize_rows(a, t, im), raw_dtype=t)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=False)
+        w.close()
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path

@@ -1,0 +1,402 @@
+"""GPTQ (Frantar et al. 2022): quantize a Linear layer column by column, compensating each column's rounding
+error on the columns not yet quantized, with the layer Hessian H = 2XXᵀ/n of its calibration inputs X.
+
+The fast form (GPTQ §3, Algorithm 1):
+    1. H += λ·mean(diag H)·I (dampening λ = `damp`; retried ×10 while the Cholesky factorisation fails);
+    2. U = chol(H⁻¹)ᵀ, upper — row j of U is row j of the inverse Hessian of the columns ≥ j, divided by its
+       root diagonal, so one factorisation replaces every OBS update of H⁻¹ (the "Cholesky trick");
+    3. sweep columns j in order (act-order: descending diag H): q_j = quant(w_j), e_j = (w_j − q_j)/U_jj,
+       W[:, j+1:] −= e_j U[j, j+1:] — but only inside a block of B columns; the rest of W receives the
+       block's errors at once, W[:, i2:] −= E U[i1:i2, i2:] ("lazy batch updates").
+Groups get their scale when the sweep reaches their first column, from the error-compensated weights then
+(static groups: from the original weights, before the sweep). `qlab.gptq_naive` is the unblocked oracle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .affine import check_bits, check_finite, quantize_affine, resolve_group_size, round_codes, scale_zero
+from .errors import BadArgumentError, NonFiniteError, NumericalError, TextTooShortError
+from .qtensor import QuantizedTensor
+
+
+class HessianAccumulator:
+    """Running H = 2XXᵀ/n over batches of inputs x [tokens, K] (the OBS/GPTQ layer Hessian of ‖WX − ŴX‖²)."""
+
+    def __init__(self, K: int, name: str = "layer", dtype: torch.dtype = torch.float32) -> None:
+        self.K, self.name = K, name
+        self.S = torch.zeros(K, K, dtype=dtype)  # Σ xᵀx
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        if x.shape[1] != self.K:
+            raise BadArgumentError(f"{self.name}: inputs have {x.shape[1]} features, expected {self.K}")
+        x = x.to(self.S.dtype)
+        self.S.addmm_(x.T, x)
+        self.n += x.shape[0]
+
+    @property
+    def H(self) -> torch.Tensor:
+        if self.n == 0:
+            raise TextTooShortError(f"{self.name}: no calibration tokens reached this layer; give calibration text")
+        if not torch.isfinite(self.S).all():
+            raise NonFiniteError(
+                f"NaN/Inf in the calibration activations entering {self.name}: the model overflowed on the "
+                f"calibration text (fp16? use float32) or an earlier layer is broken"
+            )
+        return self.S * (2.0 / self.n)
+
+
+def gptq_grid(Wg: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero-point of each row of Wg: qlab.affine's grid (integer zero-point), with the scale rounded to
+    fp16 — the precision a GPTQ checkpoint stores — so the exported model equals the one qlab evaluates."""
+    s, z = scale_zero(Wg, bits, symmetric)
+    s16 = s.to(torch.float16).to(s.dtype)
+    tiny = torch.tensor(2.0**-24, dtype=s.dtype)  # smallest fp16 subnormal: a scale that underflowed
+    return torch.where(s16 > 0, s16, tiny), z
+
+
+def layer_reconstruction_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """Relative output error ‖WX − ŴX‖² / ‖WX‖² = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), with H ∝ XXᵀ (undamped)."""
+    W, W_hat, H = W.float(), W_hat.float(), H.float()
+    D = W - W_hat
+    num = float(((D @ H) * D).sum())
+    den = float(((W @ H) * W).sum())
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
+
+
+def column_error_contributions(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Share of each input column k in the relative output error: c_k = Σ_n ΔW[n,k]·(ΔW H)[n,k] / tr(W H Wᵀ),
+    with ΔW = W − Ŵ. Σ_k c_k = layer_reconstruction_error; a c_k < 0 marks a column whose error cancels others'."""
+    W, W_hat, H = W.double(), W_hat.double(), H.double()
+    D = W - W_hat
+    return ((D @ H) * D).sum(0) / float(((W @ H) * W).sum())
+
+
+@torch.no_grad()
+def layer_hessians(model: nn.Module, ids: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """H = 2XXᵀ/n of the inputs of the named Linears of the float model over ids [n, T] (a full forward per row)."""
+    from .walk import record_inputs
+
+    mods = dict(model.named_modules())
+    missing = [n for n in names if n not in mods]
+    if missing:
+        raise BadArgumentError(f"no module named {missing[0]!r}; e.g. 'model.layers.0.self_attn.q_proj'")
+    accs = {n: HessianAccumulator(mods[n].in_features, n) for n in names}
+    with record_inputs({n: mods[n] for n in names}, lambda n, x: accs[n].add(x)):
+        for row in ids.reshape(-1, ids.shape[-1]):
+            model(row[None], use_cache=False)
+    return {n: a.H for n, a in accs.items()}
+
+
+def dampened_inverse_cholesky(
+    H: torch.Tensor, damp: float = 0.01, name: str = "layer", max_retries: int = 3
+) -> tuple[torch.Tensor, float, int]:
+    """U = chol((H + λ·mean(diag H)·I)⁻¹), upper; λ starts at `damp` and grows ×10 at each failed factorisation.
+    Returns (U, λ used, number of retries). Raises NumericalError naming the layer when all tries fail."""
+    if not torch.isfinite(H).all():
+        raise NonFiniteError(f"{name}: the Hessian has NaN/Inf entries (NaN activations in the calibration pass)")
+    K = H.shape[0]
+    mean_diag = float(torch.diag(H).mean())
+    eye = torch.eye(K, dtype=H.dtype)
+    lam = damp
+    for attempt in range(max_retries + 1):
+        Hd = H + lam * mean_diag * eye
+        L, info = torch.linalg.cholesky_ex(Hd)
+        if int(info) == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if int(info) == 0 and torch.isfinite(U).all():
+                return U, lam, attempt
+        lam *= 10
+    raise NumericalError(
+        f"{name}: the Hessian stays non positive definite after {max_retries} retries (dampening up to "
+        f"{lam / 10:g}·mean(diag H)); check the calibration activations of this layer, or raise --damp"
+    )
+
+
+@contextmanager
+def single_thread():
+    """Run torch on one thread: the column sweep is thousands of small ops, and thread hand-offs (worse on a
+    busy machine) cost more than they save; the layer's few large products are small enough for one core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def gptq_quantize_layer(
+    W: torch.Tensor,
+    H: torch.Tensor,
+    bits: int = 4,
+    group_size: int | str | None = 128,
+    symmetric: bool = True,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = False,
+    static_groups: bool = False,
+    name: str = "layer",
+    max_retries: int = 3,
+) -> tuple[QuantizedTensor, dict]:
+    """Quantize W [N, K] with GPTQ given its Hessian H [K, K] (2XXᵀ/n, undamped). Computes in float64 when W
+    or H is float64, else float32. Returns (QuantizedTensor, info) with info keys damp (λ used), damp_retries,
+    dead_inputs, perm (sweep order), obs_loss (Σ e²/2 of the OBS objective) and seconds."""
+    with single_thread():
+        return _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static_groups, name, max_retries)
+
+
+def _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static_groups, name, max_retries):
+    t0 = time.perf_counter()
+    check_bits(bits)
+    if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
+        raise BadArgumentError(f"{name}: need W [N, K] and H [K, K], got {tuple(W.shape)} and {tuple(H.shape)}")
+    if block_size < 1:
+        raise BadArgumentError(f"block_size must be ≥ 1, got {block_size}")
+    if damp <= 0:
+        raise BadArgumentError(f"damp must be > 0 (a fraction of mean(diag H), e.g. 0.01), got {damp}")
+    check_finite(W, f"weight of {name}")
+    dtype = torch.float64 if torch.float64 in (W.dtype, H.dtype) else torch.float32
+    W = W.detach().to(dtype).clone()
+    H = H.detach().to(dtype).clone()
+    N, K = W.shape
+    gs, granularity = resolve_group_size(group_size, K)
+    if granularity == "tensor":
+        raise BadArgumentError("GPTQ quantizes per channel or per group; use group_size=None or an integer")
+    grouped = granularity == "group"
+    G = K // gs
+
+    dead = torch.diag(H) == 0  # inputs that never fired: H has nothing to say, keep them out of the inverse
+    H[dead, dead] = 1
+
+    perm = torch.arange(K)
+    if act_order:
+        perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+    inv_perm = torch.argsort(perm)
+
+    scales = torch.zeros(N, G, dtype=dtype)
+    zeros = torch.zeros(N, G, dtype=dtype)
+    dynamic = grouped and not static_groups
+    if dynamic:
+        col_group = torch.arange(K) // gs  # group of sweep position j (groups follow the sweep order)
+    else:  # per channel or static groups: scales from the original weights, groups in original column order
+        for g in range(G):
+            scales[:, g], zeros[:, g] = gptq_grid(W[:, g * gs:(g + 1) * gs], bits, symmetric)
+        col_group = perm // gs  # group of the column at sweep position j
+
+    W = W[:, perm]
+    H = H[perm][:, perm]
+    U, lam, retries = dampened_inverse_cholesky(H, damp, name, max_retries)
+    del H
+
+    # the sweep works on Wᵀ [K, N] so that a column of W is one contiguous row in memory
+    Wt = W.T.contiguous()
+    del W
+    codes = torch.zeros(K, N, dtype=torch.uint8)
+    loss = torch.zeros(N, dtype=dtype)
+    St, Zt = scales.T.contiguous(), zeros.T.contiguous()  # [G, N]
+    for i1 in range(0, K, block_size):
+        i2 = min(i1 + block_size, K)
+        W1 = Wt[i1:i2].clone()  # the block, kept fully up to date
+        E1 = torch.zeros(i2 - i1, N, dtype=dtype)  # its scaled errors, applied to W[:, i2:] after the block
+        for i in range(i2 - i1):
+            j = i1 + i
+            if dynamic and j % gs == 0:  # a group starts: scale from the current, error-compensated weights
+                end = min(j + gs, K)
+                cur = W1[i:end - i1]
+                if end > i2:  # the group reaches past the block: apply the block's pending updates first
+                    cur = torch.cat([cur, Wt[i2:end] - U[i1:i2, i2:end].T @ E1])
+                St[j // gs], Zt[j // gs] = gptq_grid(cur.T, bits, symmetric)
+            g = int(col_group[j])
+            w = W1[i]
+            c = round_codes(w, St[g], Zt[g], bits)
+            q = (c - Zt[g]) * St[g]
+            codes[j] = c.to(torch.uint8)
+            e = (w - q) / U[j, j]
+            loss += e**2 / 2
+            W1[i + 1:] -= U[j, j + 1:i2, None] * e[None, :]
+            W1[i] = q
+            E1[i] = e
+        Wt[i2:] -= U[i1:i2, i2:].T @ E1  # lazy batch update of every later column
+    scales, zeros = St.T, Zt.T
+    codes = codes.T
+
+    g_idx = col_group[inv_perm].to(torch.int32)
+    qt = QuantizedTensor(
+        codes=codes[:, inv_perm].contiguous(), scales=scales.float(), zeros=zeros.float(), bits=bits,
+        group_size=gs, symmetric=symmetric, g_idx=g_idx, granularity=granularity,
+    )
+    info = {
+        "damp": lam, "damp_retries": retries, "dead_inputs": int(dead.sum()), "perm": perm,
+        "obs_loss": float(loss.sum()), "seconds": time.perf_counter() - t0,
+    }
+    return qt, info
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model level: the block quantizer of qlab.pipeline
+
+
+class _Stop(Exception):
+    pass
+
+
+def _collect_hessians(
+    block: nn.Module, inputs, modules: dict[str, nn.Linear], prefix: str, stop_early: bool
+) -> tuple[list[list[str]], dict[str, HessianAccumulator]]:
+    """Run every calibration sample through the block and accumulate one Hessian per distinct input:
+    Linears fed the same tensor (q/k/v, gate/up) share one. Returns (groups of names sharing an input, in
+    execution order; accumulator of each group's first name). With stop_early the forward stops once every
+    module has seen its input."""
+    from .walk import record_inputs
+
+    groups: list[list[str]] = []
+    accs: dict[str, HessianAccumulator] = {}
+    leader: dict[str, str] = {}
+    seen: list[tuple[torch.Tensor, str]] = []  # this sample's inputs (held, so addresses stay unique)
+
+    def fn(name: str, x: torch.Tensor) -> None:
+        if name not in leader:  # first sample: group modules by identical input tensor
+            for t, other in seen:
+                if t.data_ptr() == x.data_ptr() and t.shape == x.shape and t.stride() == x.stride():
+                    leader[name] = leader[other]
+                    next(g for g in groups if g[0] == leader[other]).append(name)
+                    break
+            else:
+                leader[name] = name
+                groups.append([name])
+                accs[name] = HessianAccumulator(x.shape[1], f"{prefix}.{name}" if prefix else name)
+        seen.append((x, name))
+        if leader[name] == name:
+            accs[name].add(x)
+        if stop_early and len(seen) == len(modules):
+            raise _Stop
+
+    with torch.no_grad(), record_inputs(modules, fn):
+        for h in inputs.hidden:
+            seen.clear()
+            try:
+                block(h, **inputs.kwargs)
+            except _Stop:
+                pass
+    seen.clear()
+    return groups, accs
+
+
+class GPTQQuantizer:
+    """Block quantizer (qlab.pipeline protocol): GPTQ on every Linear of a decoder block, in place.
+
+    Hessians come from the block's inputs (outputs of the already-quantized previous blocks). With
+    true_sequential the Linears are quantized group by group in execution order (q/k/v, o, gate/up, down),
+    each group's Hessian taken after the groups before it were quantized. Per-layer reconstruction errors
+    of GPTQ and of RTN (same grid) are kept in `self.layer_stats`."""
+
+    def __init__(
+        self, bits: int = 4, group_size: int | str | None = 128, symmetric: bool = True, damp: float = 0.01,
+        block_size: int = 128, act_order: bool = False, static_groups: bool = False,
+        true_sequential: bool = False, min_tokens: int = 128, progress: bool = True,
+    ) -> None:
+        check_bits(bits)
+        self.bits, self.group_size, self.symmetric, self.damp = bits, group_size, symmetric, damp
+        self.block_size, self.act_order, self.static_groups = block_size, act_order, static_groups
+        self.true_sequential, self.min_tokens, self.progress = true_sequential, min_tokens, progress
+        self.layer_stats: dict[str, dict] = {}
+        self.sweep_seconds = 0.0  # time spent in the column sweeps (gptq_quantize_layer), all blocks together
+
+    @property
+    def config(self) -> dict:
+        return {"method": "gptq", "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
+                "damp": self.damp, "block_size": self.block_size, "act_order": self.act_order,
+                "static_groups": self.static_groups, "true_sequential": self.true_sequential}
+
+    def describe(self) -> str:
+        kind = "sym" if self.symmetric else "asym"
+        g = self.group_size if isinstance(self.group_size, int) else "channel"
+        extras = [x for x, on in (("act-order", self.act_order), ("static-groups", self.static_groups),
+                                  ("true-sequential", self.true_sequential)) if on]
+        return f"GPTQ int{self.bits} {kind} g{g}" + (f" ({', '.join(extras)})" if extras else "")
+
+    def __call__(self, block: nn.Module, inputs, prefix: str = "", skip=()) -> dict[str, QuantizedTensor]:
+        from tqdm.auto import tqdm
+
+        from .pipeline import is_skipped
+        from .walk import linear_layers
+
+        if inputs is None:
+            raise BadArgumentError("GPTQ needs calibration data: pass calibration ids to quantize_model")
+        modules = {n: m for n, m in linear_layers(block).items()
+                   if not is_skipped(f"{prefix}.{n}" if prefix else n, skip)}
+        if not modules:
+            return {}
+        n_tokens = sum(h.shape[0] * h.shape[1] if h.dim() == 3 else h.shape[0] for h in inputs.hidden)
+        if n_tokens < self.min_tokens:
+            raise TextTooShortError(
+                f"{n_tokens} calibration tokens reach {prefix or 'the block'}; GPTQ needs at least "
+                f"{self.min_tokens} (more samples or longer sequences: --nsamples, --seqlen)"
+            )
+        full = {n: f"{prefix}.{n}" if prefix else n for n in modules}
+        out: dict[str, QuantizedTensor] = {}
+        bar = tqdm(total=len(modules), desc=f"GPTQ {prefix}".strip(), leave=False, disable=not self.progress)
+        if self.true_sequential:
+            order, _ = _collect_hessians(block, _first(inputs), modules, prefix, stop_early=True)
+            for names in order:
+                sub = {n: modules[n] for n in names}
+                _, accs = _collect_hessians(block, inputs, sub, prefix, stop_early=True)
+                out.update(self._quantize_group(names, modules, accs[names[0]], full))
+                bar.update(len(names))
+        else:
+            order, accs = _collect_hessians(block, inputs, modules, prefix, stop_early=True)
+            for names in order:
+                out.update(self._quantize_group(names, modules, accs[names[0]], full))
+                bar.update(len(names))
+        bar.close()
+        return out
+
+    def _quantize_group(
+        self, names: Sequence[str], modules: dict[str, nn.Linear], acc: HessianAccumulator, full: dict[str, str]
+    ) -> dict[str, QuantizedTensor]:
+        """Linears sharing one input share H: GPTQ on their stacked rows equals GPTQ on each (rows are independent)."""
+        H = acc.H
+        Ws = [modules[n].weight.detach().float() for n in names]
+        rows = [w.shape[0] for w in Ws]
+        label = ", ".join(full[n] for n in names)
+        qt, info = gptq_quantize_layer(
+            torch.cat(Ws), H, self.bits, self.group_size, self.symmetric, self.damp, self.block_size,
+            self.act_order, self.static_groups, name=label,
+        )
+        self.sweep_seconds += info["seconds"]
+        if info["damp_retries"]:
+            print(f"GPTQ: {label}: Cholesky failed at damp={self.damp:g}, used damp={info['damp']:g}")
+        out = {}
+        r0 = 0
+        for n, W, r in zip(names, Ws, rows):
+            part = QuantizedTensor(
+                codes=qt.codes[r0:r0 + r], scales=qt.scales[r0:r0 + r], zeros=qt.zeros[r0:r0 + r], bits=qt.bits,
+                group_size=qt.group_size, symmetric=qt.symmetric, g_idx=qt.g_idx.clone(),
+                granularity=qt.granularity,
+            )
+            r0 += r
+            W_hat = part.dequantize(torch.float32)
+            rtn = quantize_affine(W, self.bits, self.group_size, self.symmetric).dequantize(torch.float32)
+            self.layer_stats[full[n]] = {
+                "gptq": layer_reconstruction_error(W, W_hat, H), "rtn": layer_reconstruction_error(W, rtn, H),
+                "damp": info["damp"], "damp_retries": info["damp_retries"], "dead_inputs": info["dead_inputs"],
+                "tokens": acc.n,
+            }
+            lin = modules[n]
+            lin.weight.data.copy_(W_hat.to(lin.weight.dtype))
+            out[full[n]] = part
+        return out
+
+
+def _first(inputs):
+    """The same BlockInputs holding only its first sample (to discover the execution order cheaply)."""
+    return type(inputs)(inputs.hidden[:1], inputs.kwargs)

@@ -1,0 +1,343 @@
+"""AWQ: statistics, scale and clip searches against naive oracles, exact folding on a toy llama, bad input."""
+
+import copy
+import warnings
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import repeat_kv
+
+from qlab.affine import quantize_affine
+from qlab.awq import (
+    AWQQuantizer,
+    AWQWarning,
+    InputStats,
+    activation_magnitudes,
+    alpha_values,
+    apply_clip,
+    awq_scales,
+    awq_search_clip,
+    awq_search_scales,
+    fake_quantize,
+    output_error,
+    weight_magnitudes,
+)
+from qlab.awq_fold import fold_group, kv_expand, kv_reduce, scale_groups
+from qlab.errors import BadArgumentError, NonFiniteError
+from qlab.pipeline import quantize_model
+from qlab.walk import BlockInputs, capture_block_inputs
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: one thread avoids OpenMP's spin-waits on a busy 2-core machine (20× faster)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def toy_model(hidden=96, inter=160, heads=6, kv=2, layers=2, salient=4, seed=0):
+    """A tiny llama (GQA, widths not multiples of 256) with random norms and a few salient embedding channels."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_attention_heads=heads,
+                      num_key_value_heads=kv, head_dim=hidden // heads, num_hidden_layers=layers, vocab_size=128,
+                      max_position_embeddings=64)
+    m = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "norm" in n:
+                p.copy_(1 + 0.5 * torch.randn_like(p))
+        m.model.embed_tokens.weight[:, :salient] *= 20
+    return m
+
+
+def salient_data(T=2048, K=64, N=48, n_salient=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(T, K, generator=g)
+    X[:, :n_salient] *= 30
+    W = torch.randn(N, K, generator=g)
+    return X, W
+
+
+# ---------------------------------------------------------------------------------------------------------
+# statistics and errors
+
+
+def test_activation_magnitudes_and_stats_match_direct():
+    X = torch.randn(3, 50, 40)
+    st = InputStats(40)
+    for x in X:
+        st.add(x)
+    Xf = X.reshape(-1, 40).double()
+    assert torch.allclose(activation_magnitudes(X).double(), Xf.abs().mean(0), rtol=1e-6)
+    assert torch.allclose(activation_magnitudes(list(X)).double(), Xf.abs().mean(0), rtol=1e-6)
+    assert torch.allclose(st.x_mean.double(), Xf.abs().mean(0), rtol=1e-6)
+    assert torch.allclose(st.H.double(), Xf.T @ Xf / len(Xf), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,bits,gs,sym", [((48, 96), 4, 32, False), ((20, 576), 3, 64, True),
+                                                ((8, 96), 2, "channel", False), ((16, 1536), 4, 64, False)])
+def test_fake_quantize_is_bit_identical_to_quantize_affine(shape, bits, gs, sym):
+    W = torch.randn(*shape) * torch.rand(shape[1]) * 3
+    assert torch.equal(fake_quantize(W, bits, gs, sym), quantize_affine(W, bits, gs, sym).dequantize())
+
+
+def test_output_error_equals_direct_output_mse():
+    X, W = salient_data()
+    W_hat = quantize_affine(W, 3, 16).dequantize()
+    H = X.T @ X / len(X)
+    direct = float(((X.double() @ (W - W_hat).double().T) ** 2).sum() / len(X))
+    assert output_error(W, W_hat, H) == pytest.approx(direct, rel=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scale search
+
+
+def test_awq_scales_closed_form():
+    x = torch.tensor([0.5, 2.0, 8.0, 0.0])
+    assert torch.equal(awq_scales(x, 0.0), torch.ones(4))
+    s = awq_scales(x, 0.5)
+    assert float(s.max() * s.min()) == pytest.approx(1.0, rel=1e-6)  # normalised by √(max·min)
+    assert s[2] / s[1] == pytest.approx(2.0, rel=1e-6)  # (8/2)^0.5
+    assert torch.isfinite(s).all() and float(s[3]) > 0  # a dead channel gets the floor, not 0
+    assert torch.equal(awq_scales(torch.zeros(5), 0.7), torch.ones(5))
+    assert torch.allclose(alpha_values(20), torch.linspace(0, 1, 20))
+    with pytest.raises(BadArgumentError):
+        alpha_values(0)
+    with pytest.raises(BadArgumentError):
+        alpha_values([0.1, float("nan")])
+
+
+def test_duo_scaling_statistic():
+    W = torch.tensor([[1.0, -2.0, 4.0, 0.0], [2.0, 2.0, -1.0, 1.0]])
+    # per row and group of 2: |w| / max|w| of the group, then the mean over rows
+    assert torch.allclose(weight_magnitudes(W, 2), torch.tensor([0.75, 1.0, 1.0, 0.5]))
+    x = torch.tensor([1.0, 3.0, 2.0, 5.0])
+    assert torch.allclose(awq_scales(x, 1.0, w_mean=torch.rand(4) + 0.5), awq_scales(x, 1.0))
+    X, Wr = salient_data()
+    res = awq_search_scales(Wr, activation_magnitudes(X), X.T @ X / len(X), 3, 16, duo_scaling=True)
+    assert torch.isfinite(res.errors).all() and float(res.errors.min()) < res.err_rtn
+
+
+def test_scale_search_matches_naive_grid_and_beats_rtn():
+    X, W = salient_data()
+    H = X.T @ X / len(X)
+    res = awq_search_scales(W, activation_magnitudes(X), H, bits=3, group_size=16, alpha_grid=11)
+    # naive oracle: for every α, quantize W·diag(s) with quantize_affine and run the actual inputs through it
+    naive = []
+    for a in torch.linspace(0, 1, 11).tolist():
+        xm = X.abs().mean(0)
+        s = xm.clamp(min=1e-4 * xm.max()) ** a
+        s = s / (s.max() * s.min()).sqrt()
+        W_hat = quantize_affine(W * s, 3, 16).dequantize() / s
+        naive.append(float(((X.double() @ (W - W_hat).double().T) ** 2).sum() / len(X)))
+    naive = torch.tensor(naive)
+    assert torch.allclose(res.errors, naive.double(), rtol=1e-3)
+    assert res.alpha == pytest.approx(float(torch.linspace(0, 1, 11)[naive.argmin()]))
+    assert res.errors[0] == pytest.approx(res.err_rtn, rel=1e-6)  # α = 0 is RTN
+    assert res.alpha > 0 and float(res.errors.min()) < 0.8 * res.err_rtn
+    assert res.fraction_scaled_up < 0.5  # only the salient channels grow
+
+
+def test_gqa_scales_are_shared_per_kv_row():
+    n_kv, n_rep, d = 2, 3, 4
+    v = torch.arange(n_kv * d, dtype=torch.float32)
+    # oracle: transformers' repeat_kv maps KV head h//n_rep onto query head h
+    rep = repeat_kv(v.reshape(1, n_kv, 1, d), n_rep).reshape(-1)
+    assert torch.equal(kv_expand(v, n_rep, d), rep)
+    assert torch.equal(kv_reduce(kv_expand(v, n_rep, d), n_rep, d), v)
+    X, _ = salient_data(K=n_kv * n_rep * d)
+    W = torch.randn(8, n_kv * n_rep * d)
+    res = awq_search_scales(W, activation_magnitudes(X), X.T @ X / len(X), 3, 8, n_rep=n_rep, head_dim=d)
+    assert res.s_prev.shape == (n_kv * d,) and torch.equal(res.s, kv_expand(res.s_prev, n_rep, d))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# clip search
+
+
+def test_clip_search_matches_naive_per_group_search():
+    X, W = salient_data(T=512, K=32, N=6)
+    gs = 8
+    H = X.T @ X / len(X)
+    cs = awq_search_clip(W, H, bits=3, group_size=gs, clip_grid=10, max_shrink=0.5)
+    assert torch.equal(cs.shrinks, 1 - torch.arange(5) / 10)
+    for n in range(W.shape[0]):  # naive: loop over rows, groups and factors with the actual inputs
+        for g in range(W.shape[1] // gs):
+            w, x = W[n, g * gs:(g + 1) * gs], X[:, g * gs:(g + 1) * gs]
+            errs = []
+            for r in cs.shrinks.tolist():
+                wc = w.clamp(r * w.min(), r * w.max())
+                q = quantize_affine(wc[None], 3, gs).dequantize()[0]
+                errs.append(float(((x.double() @ (w - q).double()) ** 2).sum()))
+            assert float(cs.ratio[n, g]) == pytest.approx(float(cs.shrinks[int(torch.tensor(errs).argmin())]))
+    assert cs.err_after <= cs.err_before
+    assert torch.equal(apply_clip(W, torch.ones(6, 4), gs), W)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# folding and the block quantizer
+
+
+def test_folding_random_scales_is_exact_on_toy_llama():
+    m = toy_model()
+    ids = torch.randint(0, 128, (2, 24))
+    ref = m(ids).logits
+    g = torch.Generator().manual_seed(1)
+    for block in m.model.layers:
+        for grp in scale_groups(block):
+            n_prev = grp.prev.out_features if isinstance(grp.prev, torch.nn.Linear) else grp.prev.weight.numel()
+            s_prev = torch.exp(torch.randn(n_prev, generator=g))  # scales over e^±3
+            assert fold_group(grp, s_prev, kv_expand(s_prev, grp.n_rep, grp.head_dim)) is None
+    assert (m(ids).logits - ref).abs().max() <= 1e-4
+
+
+def test_groups_of_smollm_shaped_block():
+    m = toy_model(hidden=96, heads=6, kv=2)
+    groups = {g.name: g for g in scale_groups(m.model.layers[0])}
+    assert list(groups["self_attn.qkv"].layers) == ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    assert groups["self_attn.o_proj"].n_rep == 3 and groups["self_attn.o_proj"].head_dim == 16
+    assert groups["mlp.down_proj"].prev is m.model.layers[0].mlp.up_proj
+    with pytest.raises(BadArgumentError, match="llama-style"):
+        scale_groups(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+def test_searched_scales_fold_exactly_and_awq_beats_rtn():
+    m = toy_model()
+    ids = torch.randint(0, 128, (8, 32))
+    ref = m(ids).logits
+    inputs = capture_block_inputs(m, ids)
+    for bits in (3, 4):
+        q = AWQQuantizer(bits=bits, group_size=32, holdout=0.25)
+        mm = copy.deepcopy(m)
+        inp = inputs
+        for i, block in enumerate(mm.model.layers):
+            q.scale_block(block, inp, f"model.layers.{i}")
+            inp = inp.run(block)
+        assert (mm(ids).logits - ref).abs().max() <= 1e-4  # scaled, not yet quantized: same function
+        q2 = AWQQuantizer(bits=bits, group_size=32, holdout=0.25)
+        quantize_model(copy.deepcopy(m), ids, q2, progress=False)
+        assert len(q2.records) == 8
+        assert q2.fraction_better() >= 0.9, q2.report()  # held-out samples: AWQ's error below RTN's
+        assert all(0 <= r.alpha <= 1 for r in q2.records)
+
+
+def test_quantizer_returns_qtensors_of_the_folded_weights():
+    m = toy_model(layers=1)
+    ids = torch.randint(0, 128, (4, 16))
+    q = AWQQuantizer(bits=4, group_size=32)
+    res = quantize_model(m, ids, q, progress=False)
+    assert len(res.qtensors) == 7
+    for name, qt in res.qtensors.items():
+        assert torch.equal(m.get_submodule(name).weight, qt.dequantize())
+        W = q.float_weights[name]  # the scaled float weight it approximates: RTN of it is at most clipped
+        assert float((W - qt.dequantize()).abs().max()) < float(W.abs().max())
+    assert "self_attn.qkv" in q.report() and q.describe().startswith("AWQ")
+
+
+def test_awq_then_gptq_runs():
+    pytest.importorskip("qlab.gptq")
+    m = toy_model(layers=1)
+    ids = torch.randint(0, 128, (4, 32))
+    q = AWQQuantizer(bits=3, group_size=32, then="gptq")
+    res = quantize_model(m, ids, q, progress=False)
+    assert len(res.qtensors) == 7 and q.fraction_better() >= 0.9
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_nonfinite_statistics_stop_with_the_layer_name():
+    X, W = salient_data()
+    H = X.T @ X / len(X)
+    H[3, 3] = float("inf")
+    with pytest.raises(NonFiniteError, match="model.layers.7.mlp"):
+        awq_search_scales(W, X.abs().mean(0), H, name="model.layers.7.mlp")
+
+
+def test_nan_activations_stop_cleanly_before_any_change():
+    m = toy_model(layers=1)
+    inputs = capture_block_inputs(m, torch.randint(0, 128, (2, 16)))
+    inputs.hidden[1][0, 3, 5] = float("nan")
+    block = m.model.layers[0]
+    before = copy.deepcopy(block.state_dict())
+    with pytest.raises(NonFiniteError, match="model.layers.0"):
+        AWQQuantizer(bits=4, group_size=32)(block, inputs, "model.layers.0")
+    assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
+
+
+def test_fp16_overflow_candidates_are_rejected_and_reported():
+    X, W = salient_data()
+    X[:, 0] *= 1e4  # an enormous outlier channel: large α pushes W·s past fp16's 65504
+    W = (W * 1000).half()
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        res = awq_search_scales(W, X.abs().mean(0), X.T @ X / len(X), 4, 16, name="model.layers.2.self_attn.qkv")
+    msgs = [str(x.message) for x in w if issubclass(x.category, AWQWarning)]
+    assert msgs and "model.layers.2.self_attn.qkv" in msgs[0] and "overflows" in msgs[0]
+    assert torch.isnan(res.errors).any() and torch.isfinite(res.errors[0])
+    assert torch.isfinite(res.errors[int(torch.nan_to_num(res.errors, nan=float("inf")).argmin())])
+    assert torch.isfinite((W.float() * res.s).half()).all()
+
+
+def test_all_zero_activations_mean_no_scaling():
+    W = torch.randn(16, 32)
+    with pytest.warns(AWQWarning, match="all-zero"):
+        res = awq_search_scales(W, torch.zeros(32), torch.zeros(32, 32), 4, 16, name="dead")
+    assert res.alpha == 0 and torch.equal(res.s, torch.ones(32))
+    # a block fed all-zero hidden states: RMSNorm gives zeros, every group falls back to s = 1
+    m = toy_model(layers=1)
+    inputs = capture_block_inputs(m, torch.randint(0, 128, (2, 16)))
+    zero = BlockInputs([torch.zeros_like(h) for h in inputs.hidden], inputs.kwargs)
+    q = AWQQuantizer(bits=4, group_size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AWQWarning)
+        q(m.model.layers[0], zero, "model.layers.0")
+    assert {r.group for r in q.records if r.alpha == 0} >= {"self_attn.qkv", "mlp.gate_up"}
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+def test_bad_arguments():
+    with pytest.raises(BadArgumentError):
+        AWQQuantizer(bits=9)
+    with pytest.raises(BadArgumentError):
+        AWQQuantizer(then="magic")
+    with pytest.raises(BadArgumentError):
+        AWQQuantizer(alpha_grid=0)
+    m = toy_model(layers=1)
+    with pytest.raises(BadArgumentError, match="calibration"):
+        AWQQuantizer()(m.model.layers[0], None, "model.layers.0")
+    inputs = capture_block_inputs(m, torch.randint(0, 128, (1, 8)))
+    with pytest.raises(BadArgumentError, match="does not divide"):
+        AWQQuantizer(group_size=128)(m.model.layers[0], inputs, "model.layers.0")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the embedded model
+
+
+@pytest.mark.slow
+def test_embedded_model_awq_beats_rtn_on_held_out_groups(embedded):
+    """SmolLM2-135M as it is (576 = 9·64 wide, GQA 9/3 heads): folding exact, AWQ < RTN on ≥ 90 % of groups."""
+    from qlab.data import calibration_batches
+    from qlab.model import decoder_blocks
+
+    model, tok = embedded
+    ids = calibration_batches(tok, "wiki", n_samples=8, seqlen=128, seed=3)
+    for bits in (3, 4):
+        m = copy.deepcopy(model)
+        q = AWQQuantizer(bits=bits, group_size=64, holdout=0.25)
+        inputs = capture_block_inputs(m, ids)
+        for i, block in enumerate(decoder_blocks(m)[:3]):
+            if bits == 3 and i == 0:  # scaled but not quantized: the model computes the same logits
+                probe = copy.deepcopy(m)
+                q.scale_block(decoder_blocks(probe)[0], inputs, "model.layers.0")
+                with torch.no_grad():
+                    assert (probe(ids[:1]).logits - m(ids[:1]).logits).abs().max() <= 1e-4
+            q(block, inputs, f"model.layers.{i}")
+            inputs = inputs.run(block)
+        assert q.fraction_better() >= 0.9, q.report()

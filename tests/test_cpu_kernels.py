@@ -1,0 +1,346 @@
+"""qlab's C CPU kernels against ggml's own CPU dot products (libggml-cpu from llama-cpp-python).
+
+Oracle: ``ggml_get_type_traits_cpu(type)->vec_dot`` and ``->from_float`` (tests/ggml_cpu_oracle.py); weight
+blocks come from ggml's own quantizer (tests/ggml_oracle.py). On x86-64 with AVX2 ggml sums in the order
+qlab's kernels use (8 int32 lanes per block, fma per block, the same horizontal sum), so results must be
+EQUAL bit for bit; elsewhere (ARM ggml builds sum differently) the bound is the float summation bound
+(n_blocks + 5) * 2^-23 * sum |w_i x_i|. Every SIMD path must equal the scalar path bit for bit everywhere.
+With CI set, a missing oracle fails the tests instead of skipping them.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import ggml_cpu_oracle  # noqa: E402  (tests/ is on sys.path)
+import ggml_oracle  # noqa: E402
+import numpy as np
+import pytest
+import qlab.kernels.cpu as K
+import torch
+
+from qlab.errors import BadArgumentError
+
+QTYPES = ["Q4_0", "Q8_0", "Q4_K", "Q6_K"]
+PATHS = [p for p in K.available_paths() if p != "torch"]
+EXACT_ORDER = platform.machine() in ("x86_64", "AMD64") and "avx2" in PATHS
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return ggml_cpu_oracle.require()
+
+
+@pytest.fixture(scope="module")
+def base():
+    return ggml_oracle.require()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels():
+    if not K.has_c_kernels():
+        pytest.fail("qlab's C kernels did not build (is a C compiler installed?)")
+
+
+def _act(qt: str) -> str:
+    return K.QTYPES[qt][3]
+
+
+def _weights(base, qt: str, rows: int, k: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, k)).astype(np.float32) * rng.uniform(0.01, 3, (rows, 1)).astype(np.float32)
+    w[:, rng.integers(0, k, 3)] *= 20  # outlier columns
+    return base.quantize(w, qt).reshape(rows, -1)
+
+
+def _assert_same(a: float, b: float, bound: float = 0.0) -> None:
+    if EXACT_ORDER:
+        assert np.float32(a).tobytes() == np.float32(b).tobytes(), (a, b)
+    else:
+        assert abs(a - b) <= bound, (a, b, bound)
+
+
+def _sum_abs(cpu, base, qt, xb, yb, n) -> float:
+    w = base.dequantize(xb, qt, n).astype(np.float64)
+    y = base.dequantize(yb, _act(qt), n).astype(np.float64)
+    return float(np.abs(w * y).sum())
+
+
+# ---------------------------------------------------------------- activation quantizers
+
+
+@pytest.mark.parametrize("act", ["Q8_0", "Q8_K"])
+@pytest.mark.parametrize("seed", range(4))
+def test_activation_quantizers_byte_exact(cpu, act, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(4096) * 10.0 ** rng.uniform(-6, 3)).astype(np.float32)
+    x[:256] = 0.0  # an all-zero block
+    x[300:310] = np.float32(1e-30)  # subnormal-sized scales
+    x[512:544] = np.round(x[512:544] * 4) / 4  # many exact halves after scaling
+    want = cpu.from_float(x, act)
+    for path in ("scalar", None):
+        assert np.array_equal(K.quantize_activations(x, act, path=path), want), (act, path)
+
+
+# ---------------------------------------------------------------- dot products against ggml
+
+
+@pytest.mark.parametrize("qt", QTYPES)
+@pytest.mark.parametrize("k", [256, 768, 4096])
+def test_vec_dot_equals_ggml_on_quantized_rows(cpu, base, qt, k):
+    W = _weights(base, qt, 6, k, seed=k)
+    rng = np.random.default_rng(1)
+    for r in range(W.shape[0]):
+        x = rng.standard_normal(k).astype(np.float32) * np.float32(rng.uniform(0.1, 5))
+        y = cpu.from_float(x, _act(qt))
+        want = cpu.vec_dot(qt, W[r], y, k)
+        bound = (k // 32 + 5) * 2.0**-23 * _sum_abs(cpu, base, qt, W[r], y, k)
+        for path in PATHS:
+            _assert_same(K.vec_dot(qt, W[r], y, path=path), want, bound)
+
+
+def _random_blocks(qt: str, nblocks: int, rng) -> np.ndarray:
+    """Arbitrary block bytes (not from a quantizer) with finite fp16 scales; Q8_0 codes kept in [-127, 127]."""
+    _, bs, ts, _ = K.QTYPES[qt]
+    b = rng.integers(0, 256, (nblocks, ts), dtype=np.uint8)
+    scale = lambda: np.array([rng.uniform(-2, 2)], np.float16).view(np.uint8)  # noqa: E731
+    for i in range(nblocks):
+        if qt in ("Q4_0", "Q8_0"):
+            b[i, 0:2] = scale()
+        if qt == "Q8_0":
+            b[i, 2:] = rng.integers(-127, 128, 32).astype(np.int8).view(np.uint8)
+        if qt == "Q4_K":
+            b[i, 0:2], b[i, 2:4] = scale(), scale()
+        if qt == "Q6_K":
+            b[i, 208:210] = scale()
+    return b.reshape(-1)
+
+
+@pytest.mark.parametrize("qt", QTYPES)
+@pytest.mark.parametrize("seed", range(3))
+def test_vec_dot_equals_ggml_on_random_blocks(cpu, base, qt, seed):
+    rng = np.random.default_rng(100 + seed)
+    nblocks = 3 if K.QTYPES[qt][1] == 256 else 37  # odd counts: tails of the two-at-a-time loops
+    n = nblocks * K.QTYPES[qt][1]
+    xb = _random_blocks(qt, nblocks, rng)
+    y = cpu.from_float(rng.standard_normal(n).astype(np.float32), _act(qt))
+    want = cpu.vec_dot(qt, xb, y, n)
+    bound = (n // 32 + 5) * 2.0**-23 * _sum_abs(cpu, base, qt, xb, y, n)
+    for path in PATHS:
+        _assert_same(K.vec_dot(qt, xb, y, path=path), want, bound)
+
+
+@pytest.fixture(scope="module")
+def real_rows():
+    """Real weights: blk.0.ffn_down of the embedded model (its Q4_1 blocks dequantized), [576, 1536]."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from qlab.model import embedded_gguf_path
+
+    r = GGUFReader(embedded_gguf_path())
+    t = next(t for t in r.tensors if t.name == "blk.0.ffn_down.weight")
+    emb = next(t for t in r.tensors if t.name == "token_embd.weight")
+    return dequantize(t.data, t.tensor_type).astype(np.float32), np.asarray(emb.data[:8])
+
+
+@pytest.mark.parametrize("qt", QTYPES)
+def test_vec_dot_equals_ggml_on_real_blocks(cpu, base, real_rows, qt):
+    W, _ = real_rows
+    rows = W[:8]
+    blocks = base.quantize(rows, qt).reshape(8, -1)
+    x = W[100:101].ravel() * 10  # a real-scale activation vector
+    y = cpu.from_float(x, _act(qt))
+    for r in range(8):
+        want = cpu.vec_dot(qt, blocks[r], y, W.shape[1])
+        bound = (W.shape[1] // 32 + 5) * 2.0**-23 * _sum_abs(cpu, base, qt, blocks[r], y, W.shape[1])
+        for path in PATHS:
+            _assert_same(K.vec_dot(qt, blocks[r], y, path=path), want, bound)
+
+
+def test_vec_dot_equals_ggml_on_the_files_own_q8_0_embedding_rows(cpu, real_rows):
+    _, emb = real_rows  # token_embd.weight: Q8_0 blocks exactly as stored in the GGUF file
+    y = cpu.from_float(np.linspace(-3, 3, 576, dtype=np.float32), "Q8_0")
+    for r in range(emb.shape[0]):
+        want = cpu.vec_dot("Q8_0", emb[r], y, 576)
+        for path in PATHS:
+            _assert_same(K.vec_dot("Q8_0", emb[r], y, path=path), want, 1e-3)
+
+
+# ---------------------------------------------------------------- GEMV / GEMM
+
+
+@pytest.mark.parametrize("qt", QTYPES)
+def test_gemm_equals_rowwise_ggml_and_paths_agree(cpu, base, qt):
+    k, n, m = 512, 11, 3  # n = 11: two groups of four rows + a tail of three
+    W = _weights(base, qt, n, k, seed=7)
+    X = np.random.default_rng(2).standard_normal((m, k)).astype(np.float32)
+    want = np.array([[cpu.vec_dot(qt, W[j], cpu.from_float(X[i], _act(qt)), k) for j in range(n)] for i in range(m)],
+                    dtype=np.float32)
+    ref = K.gemm(qt, W, X, n_threads=1, path="scalar")
+    if EXACT_ORDER:
+        assert np.array_equal(ref, want)
+    for path in PATHS:
+        for threads in (1, 2, 3):
+            got = K.gemm(qt, W, X, n_threads=threads, path=path)
+            assert np.array_equal(got, ref), (path, threads)  # every path == scalar, bit for bit
+    Xt = torch.from_numpy(X)
+    assert torch.equal(K.gemm(qt, torch.from_numpy(W.reshape(-1)), Xt), torch.from_numpy(ref))
+
+
+@pytest.mark.parametrize("qt", QTYPES)
+def test_gemm_within_the_activation_rounding_bound_of_float(base, qt):
+    """|y - W_hat x| <= sum_i |w_i| d_x(i)/2 (+ float slack): the only approximation is x -> Q8(x)."""
+    k, n = 512, 8
+    W = _weights(base, qt, n, k, seed=3)
+    W_hat = base.dequantize(W.reshape(-1), qt, n * k).reshape(n, k).astype(np.float64)
+    x = np.random.default_rng(4).standard_normal(k).astype(np.float32)
+    got = K.gemm(qt, W, x[None])[0].astype(np.float64)
+    bs = 32 if K.QTYPES[qt][3] == "Q8_0" else 256
+    step = np.repeat(np.abs(x).reshape(-1, bs).max(1) / 127.0, bs)  # d_x of each element's block
+    bound = (np.abs(W_hat) * step / 2).sum(1) * 1.01 + 1e-4 * np.abs(W_hat @ x) + 1e-6
+    assert np.all(np.abs(got - W_hat @ x) <= bound)
+
+
+def test_forced_path_by_environment(monkeypatch, base):
+    W = _weights(base, "Q4_0", 4, 64, seed=1)
+    x = np.ones((1, 64), np.float32)
+    monkeypatch.setenv("QLAB_CPU_PATH", "scalar")
+    a = K.gemm("Q4_0", W, x)
+    monkeypatch.setenv("QLAB_CPU_PATH", "nonsense")
+    with pytest.raises(BadArgumentError, match="unknown CPU kernel path"):
+        K.gemm("Q4_0", W, x)
+    monkeypatch.delenv("QLAB_CPU_PATH")
+    assert np.array_equal(a, K.gemm("Q4_0", W, x))
+
+
+def test_torch_fallback_agrees_with_c(base):
+    from qlab.kernels.cpu.fallback import gemm_torch
+
+    for qt in QTYPES:
+        W = _weights(base, qt, 5, 512, seed=9)
+        X = torch.randn(2, 512)
+        c = K.gemm(qt, W, X)
+        t = gemm_torch(qt, W.reshape(-1), X, 5)
+        torch.testing.assert_close(t, c, rtol=1e-4, atol=1e-3 * float(c.abs().max()))
+
+
+# ---------------------------------------------------------------- bad input: clear errors, never a crash
+
+
+def test_bad_buffers_raise_qlab_errors(base):
+    W = _weights(base, "Q4_K", 2, 512, seed=0).reshape(-1)
+    y = K.quantize_activations(np.ones(512, np.float32), "Q8_K")
+    with pytest.raises(BadArgumentError, match="whole number of 144-byte blocks"):
+        K.vec_dot("Q4_K", W[:-1], y)  # short buffer
+    with pytest.raises(BadArgumentError, match="block counts differ"):
+        K.vec_dot("Q4_K", W[:144], y)  # 1 block vs 2
+    with pytest.raises(BadArgumentError, match="292-byte blocks"):
+        K.vec_dot("Q4_K", W[:288], y[:-3])
+    with pytest.raises(BadArgumentError, match="uint8"):
+        K.vec_dot("Q4_K", W.astype(np.int16), y)
+    with pytest.raises(BadArgumentError, match="support"):
+        K.vec_dot("Q5_K", W, y)
+    with pytest.raises(BadArgumentError, match="multiple of 256"):
+        K.gemm("Q4_K", W, np.ones((1, 500), np.float32))
+    with pytest.raises(BadArgumentError, match="not a whole number of Q4_K rows"):
+        K.gemm("Q4_K", W[:-144], np.ones((1, 512), np.float32))
+    with pytest.raises(BadArgumentError, match="2-D"):
+        K.gemm("Q4_K", W, np.ones(512, np.float32))
+    with pytest.raises(BadArgumentError, match="n_threads"):
+        K.gemm("Q4_K", W, np.ones((1, 512), np.float32), n_threads=0)
+    with pytest.raises(BadArgumentError, match="multiple of 32"):
+        K.quantize_activations(np.ones(33, np.float32), "Q8_0")
+
+
+def test_misaligned_buffers_give_the_same_result(base):
+    W = _weights(base, "Q6_K", 3, 512, seed=5).reshape(-1)
+    x = np.random.default_rng(0).standard_normal((1, 512)).astype(np.float32)
+    raw = np.zeros(W.size + 1, np.uint8)
+    raw[1:] = W
+    shifted = raw[1:]  # address odd: copied to an aligned buffer before the call
+    assert shifted.ctypes.data % 2 == 1
+    assert np.array_equal(K.gemm("Q6_K", shifted, x), K.gemm("Q6_K", W, x))
+
+
+# ---------------------------------------------------------------- the step-by-step numpy/exact reference
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_exact_reference_equals_kernel_and_ggml(cpu, base, seed):
+    from qlab.kernels.cpu.reference import dot_q4_0_q8_0
+
+    rng = np.random.default_rng(seed)
+    W = base.quantize(rng.standard_normal((1, 256)).astype(np.float32), "Q4_0")
+    y = cpu.from_float(rng.standard_normal(256).astype(np.float32), "Q8_0")
+    r = dot_q4_0_q8_0(W, y)
+    w_hat = base.dequantize(W, "Q4_0", 256).reshape(-1, 32)
+    assert np.array_equal(r["codes_w"] * r["d_w"][:, None], w_hat)  # codes and scales decoded right
+    assert r["result"].tobytes() == np.float32(K.vec_dot("Q4_0", W, y, path="scalar")).tobytes()
+    if EXACT_ORDER:
+        assert r["result"].tobytes() == np.float32(cpu.vec_dot("Q4_0", W, y, 256)).tobytes()
+
+
+def test_q8_roundtrip_of_the_torch_path_matches_ggml(cpu, base):
+    from qlab.kernels.cpu.fallback import q8_roundtrip
+
+    x = np.random.default_rng(3).standard_normal((2, 512)).astype(np.float32) * 3
+    for act in ("Q8_0", "Q8_K"):
+        want = np.stack([base.dequantize(cpu.from_float(r, act), act, 512) for r in x])
+        assert np.array_equal(q8_roundtrip(torch.from_numpy(x), act).numpy(), want), act
+
+
+def test_roofline_probes_run():
+    from qlab import cpu_roofline as R
+
+    (n, bw), = R.read_bandwidth([1 << 16], reps=3)
+    assert n == 1 << 16 and bw > 0
+    assert R.gemv_intensity("Q4_0") == pytest.approx(2 * 32 / 18)
+    assert R.bytes_per_weight("F32") == 4 and R.bytes_per_weight("Q6_K") == pytest.approx(210 / 256)
+    peaks = R.compute_peaks(rounds=1000, reps=1)
+    assert all(v > 0 for v in peaks.values())
+    s = R.gemv_speed("Q4_0", 256, 64, reps=2)
+    assert s["us"] > 0 and s["GBps"] > 0
+
+
+def test_without_a_compiler_the_torch_path_runs_and_warns_once(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, numpy as np\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    import qlab.kernels.cpu as K\n"
+        "    W = K.quantize_weights(np.ones((4, 64), np.float32), 'Q8_0')\n"
+        "    a = K.gemm('Q8_0', W, np.ones((1, 64), np.float32))\n"
+        "    b = K.gemm('Q8_0', W, np.ones((1, 64), np.float32))\n"
+        "print(K.available_paths(), float(a[0, 0]), len([x for x in w if 'torch' in str(x.message)]))\n"
+    )
+    env = {**__import__("os").environ, "CC": "/nonexistent/cc", "PATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    paths, value, n_warn = out.stdout.split()
+    d = float(np.float16(np.float32(1) / np.float32(127)))  # the fp16 scale of a block of ones
+    assert paths == "['torch']" and n_warn == "1", out.stdout
+    assert abs(float(value) - 64 * (d * 127) ** 2) < 1e-4  # 64 products of (d * 127) * (d * 127)
+
+
+def test_portable_scalar_build_gives_the_same_bits(base):
+    """The library compiled with -DQLAB_NO_SIMD (no intrinsics at all) equals the SIMD build, bit for bit."""
+    import ctypes
+
+    from qlab.kernels.cpu.build import build
+
+    lib = ctypes.CDLL(str(build(extra_flags=("-DQLAB_NO_SIMD",))))
+    lib.qlab_gemm.restype = ctypes.c_int
+    lib.qlab_gemm.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                              ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
+    lib.qlab_cpu_features.restype = ctypes.c_int
+    assert lib.qlab_cpu_features() == 2  # the scalar path only
+    X = np.random.default_rng(5).standard_normal((2, 512)).astype(np.float32)
+    for qt in QTYPES:
+        W = _weights(base, qt, 5, 512, seed=11)
+        Y = np.empty((2, 5), np.float32)
+        assert lib.qlab_gemm(K.QTYPES[qt][0], 0, W.ctypes.data, 5, 512, X.ctypes.data, 2, Y.ctypes.data, 2) == 0
+        assert np.array_equal(Y, K.gemm(qt, W, X)), qt
