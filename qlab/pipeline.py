@@ -136,6 +136,8 @@ def quantize_model(
         originals = {n: m.weight.detach().clone() for n, m in layers_to_quantize(block, name, skip).items()}
         qts = quantizer(block, inputs, name, skip)
         result.qtensors.update(qts)
+        # a quantizer that rescales weights before rounding (AWQ) says what float weights it rounded
+        originals.update(getattr(quantizer, "float_weights", None) or {})
         out_err: dict[str, float] = {}
         if inputs is not None:
             inputs, out_err = _run_and_compare(block, float_block, inputs, name, list(qts))
