@@ -4,14 +4,12 @@ Linear's `QuantizedTensor` (quantized.safetensors) and what was done (qlab.json)
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from .atomic import atomic_folder
 from .errors import FileFormatError
 from .qtensor import QuantizedTensor
 
@@ -31,9 +29,7 @@ def _flatten(qtensors: dict[str, QuantizedTensor]) -> tuple[dict[str, torch.Tens
 def save_quantized(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_dir, meta: dict) -> Path:
     """Write the folder atomically (a temporary sibling renamed into place)."""
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tensors, layout = _flatten(qtensors)
@@ -42,11 +38,6 @@ def save_quantized(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_d
         description = meta.get("description")
         if description:
             (tmp / "qlab_model.json").write_text(json.dumps({"description": description}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

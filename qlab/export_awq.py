@@ -17,13 +17,11 @@ one shift per pair of fp16 lanes. Unlike GPTQ, no "zero − 1" offset is stored.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder
 from .errors import BadArgumentError
 from .qtensor import QuantizedTensor
 
@@ -109,9 +107,7 @@ def save_awq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], 
         tensors[k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         config = model.config.to_dict()
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
         config["dtype"] = config["torch_dtype"]
@@ -122,9 +118,4 @@ def save_awq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], 
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

