@@ -56,10 +56,20 @@ class QuantizedTensor:
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Ŵ = (codes − zeros[:, g_idx]) · scales[:, g_idx]."""
+        N, K = self.shape
+        if self.n_groups * self.group_size == K and self.has_default_g_idx():  # contiguous groups: no gather
+            c = self.codes.to(torch.float32).reshape(N, self.n_groups, self.group_size)
+            W = (c - self.zeros.float()[..., None]) * self.scales.float()[..., None]
+            return W.reshape(N, K).to(dtype)
         g = self.g_idx.long()
         s = self.scales[:, g].to(torch.float32)
         z = self.zeros[:, g].to(torch.float32)
         return ((self.codes.to(torch.float32) - z) * s).to(dtype)
+
+    def has_default_g_idx(self) -> bool:
+        """True when column k belongs to group k // group_size (no act-order scattering)."""
+        K = self.codes.shape[1]
+        return torch.equal(self.g_idx.to(torch.int32), torch.arange(K, dtype=torch.int32) // self.group_size)
 
     def storage_bits(self) -> int:
         """Exact bits needed to store codes, scales and zero-points (g_idx excluded: it is derivable
@@ -68,8 +78,7 @@ class QuantizedTensor:
         n_params = {"tensor": 1, "channel": N, "group": N * self.n_groups}[self.granularity]
         zero_bits = 0 if self.symmetric else (self.bits if self.zero_bits is None else self.zero_bits)
         total = N * K * self.bits + n_params * (self.scale_bits + zero_bits)
-        default = torch.arange(K, dtype=torch.int32) // self.group_size
-        if not torch.equal(self.g_idx.to(torch.int32), default):
+        if not self.has_default_g_idx():
             total += 32 * K
         return total
 
