@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_folder
 from .errors import BadArgumentError, FileFormatError
 from .packing import pack_rows, unpack_rows
 from .qtensor import QuantizedTensor
@@ -133,19 +132,12 @@ def save_gptq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor],
     cfg["torch_dtype"] = cfg["dtype"] = str(dtype).replace("torch.", "")
 
     target = Path(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         save_file(out, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
         (tmp / "quantize_config.json").write_text(json.dumps(cfg["quantization_config"], indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
