@@ -9,11 +9,10 @@ is called first (it fills ggml's fp16 tables). ``load()`` returns a ``CpuOracle`
 from __future__ import annotations
 
 import ctypes
-import os
 from functools import lru_cache
 
 import numpy as np
-from ggml_oracle import GGML_TYPE_IDS, OracleUnavailable, lib_dir  # tests/ is on sys.path
+from ggml_oracle import GGML_TYPE_IDS, OracleUnavailable, lib_dir, require_oracle  # tests/ is on sys.path
 
 VEC_DOT = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.POINTER(ctypes.c_float), ctypes.c_size_t, ctypes.c_void_p,
                            ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
@@ -81,11 +80,5 @@ def load() -> CpuOracle:
 
 
 def require() -> CpuOracle:
-    import pytest
-
-    try:
-        return load()
-    except OracleUnavailable as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"ggml CPU oracle required in CI but unavailable: {e}")
-        pytest.skip(f"ggml CPU oracle unavailable: {e}")
+    """The ggml-cpu oracle for tests (see `ggml_oracle.require_oracle`)."""
+    return require_oracle(load, "ggml CPU oracle")

@@ -134,13 +134,18 @@ def load() -> Oracle:
     raise OracleUnavailable(f"libggml-base not found in {d}")
 
 
-def require() -> Oracle:
-    """For tests: the oracle, or pytest.skip — but a hard failure when the CI environment variable is set."""
+def require_oracle(loader, what: str = "ggml oracle"):
+    """For tests: loader()'s oracle, or pytest.skip — but a hard failure when the CI environment variable is set."""
     import pytest
 
     try:
-        return load()
+        return loader()
     except OracleUnavailable as e:
         if os.environ.get("CI"):
-            pytest.fail(f"ggml oracle required in CI but unavailable: {e}")
-        pytest.skip(f"ggml oracle unavailable: {e}")
+            pytest.fail(f"{what} required in CI but unavailable: {e}")
+        pytest.skip(f"{what} unavailable: {e}")
+
+
+def require() -> Oracle:
+    """The ggml-base oracle for tests (see `require_oracle`)."""
+    return require_oracle(load)
