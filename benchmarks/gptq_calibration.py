@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
                           true_sequential=args.true_sequential, progress=False)
         rss_before = peak_rss_mib()
         t0, c0 = time.perf_counter(), cpu_seconds()
-        quantize_model(model, calib, q, progress=True)
+        quantize_model(model, calib, q, progress=True, output_errors=False)
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         gptq = evaluator.evaluate(model)
         del model

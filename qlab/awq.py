@@ -27,6 +27,7 @@ from torch import nn
 
 from .affine import check_bits, quantize_affine, resolve_group_size
 from .awq_fold import ScaleGroup, fold_group, kv_expand, scale_groups
+from .awq_inspect import ModuleProbe, capture_calls, probe_module_name
 from .awq_search import (  # noqa: F401  (re-exported: qlab.awq is the one import for AWQ)
     AWQWarning,
     ClipSearch,
@@ -185,9 +186,15 @@ class AWQQuantizer:
         self, bits: int = 4, group_size: int | str | None = 128, symmetric: bool = False,
         alpha_grid: int | Sequence[float] = 20, clip: bool = True, then: str = "rtn",
         clip_grid: int = 20, max_shrink: float = 0.5, clip_skip: Sequence[str] = ("q_proj", "k_proj"),
-        damp: float = 0.01, holdout: float = 0.0, duo_scaling: bool = False, progress: bool = False,
+        damp: float = 0.01, holdout: float = 0.0, duo_scaling: bool = False, objective: str = "linear",
+        probe_tokens: int = 4096, progress: bool = False,
     ) -> None:
         check_bits(bits)
+        if objective not in ("linear", "module"):
+            raise BadArgumentError(f"objective must be 'linear' (the Linears' outputs) or 'module' (the output of "
+                                   f"the attention / MLP they feed), got {objective!r}")
+        if probe_tokens < 1:
+            raise BadArgumentError(f"probe_tokens must be ≥ 1, got {probe_tokens}")
         if then not in ("rtn", "gptq"):
             raise BadArgumentError(f"then must be 'rtn' or 'gptq', got {then!r}")
         if not 0 <= holdout < 1:
@@ -198,6 +205,7 @@ class AWQQuantizer:
         self.alpha_grid, self.clip, self.then = alpha_grid, clip, then
         self.clip_grid, self.max_shrink, self.clip_skip = clip_grid, max_shrink, tuple(clip_skip)
         self.damp, self.holdout, self.progress, self.duo_scaling = damp, holdout, progress, duo_scaling
+        self.objective, self.probe_tokens = objective, probe_tokens
         self.records: list[GroupRecord] = []
         # the last block's scaled float weights (what each QuantizedTensor approximates), by full name
         self.float_weights: dict[str, torch.Tensor] = {}
@@ -207,7 +215,8 @@ class AWQQuantizer:
     def config(self) -> dict:
         return {"method": "awq", "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
                 "alpha_grid": self.alpha_grid if isinstance(self.alpha_grid, int) else list(self.alpha_grid),
-                "clip": self.clip, "then": self.then}
+                "clip": self.clip, "then": self.then, "duo_scaling": self.duo_scaling, "objective": self.objective,
+                "probe_tokens": self.probe_tokens}
 
     def describe(self) -> str:
         kind = "sym" if self.symmetric else "asym"
@@ -232,6 +241,21 @@ class AWQQuantizer:
                 raise TextTooShortError(f"{prefix}.{n}: no calibration tokens reached this layer")
             stats[n]._check()
         return stats
+
+    def _probe_calls(self, block: nn.Module, groups: list[ScaleGroup], hidden: list[torch.Tensor], kwargs: dict
+                     ) -> dict[str, tuple[str, list]]:
+        """For objective="module": group name → (probed sub-module, its recorded calls on ≈probe_tokens tokens of
+        whole, evenly spaced calibration samples)."""
+        names = {g.name: probe_module_name(list(g.layers), isinstance(g.prev, nn.Linear)) for g in groups}
+        names = {k: v for k, v in names.items() if v is not None}
+        if not names or not hidden:
+            return {}
+        per = max(1, hidden[0].numel() // hidden[0].shape[-1])
+        k = max(1, min(len(hidden), self.probe_tokens // per))
+        idx = torch.linspace(0, len(hidden) - 1, k).round().long().unique().tolist()
+        calls = capture_calls(block, [hidden[i] for i in idx], kwargs,
+                              {m: block.get_submodule(m) for m in set(names.values())})
+        return {g: (m, calls[m]) for g, m in names.items()}
 
     # --- the block ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -267,6 +291,7 @@ class AWQQuantizer:
         search_h, hold_h = (hidden[:len(hidden) - n_hold], hidden[len(hidden) - n_hold:]) if n_hold else (hidden, [])
         stats = self._collect(block, search_h, inputs.kwargs, leaders, prefix)
         held = self._collect(block, hold_h, inputs.kwargs, leaders, prefix) if hold_h else stats
+        probes = self._probe_calls(block, groups, search_h, inputs.kwargs) if self.objective == "module" else {}
         self.seconds["stats"] += time.perf_counter() - t0
 
         dtype = next(block.parameters()).dtype
@@ -284,9 +309,15 @@ class AWQQuantizer:
                 continue
             st = stats[leader_of[names[0]]]
             W = torch.cat([linears[n].weight.detach() for n in names])
+            loss, energy = None, None
+            if g.name in probes:
+                mname, calls = probes[g.name]
+                probe = ModuleProbe(block.get_submodule(mname), calls,
+                                    [n[len(mname) + 1:] + ".weight" for n in names], full(mname))
+                loss, energy = probe.error, probe.energy
             res = awq_search_scales(W, st.x_mean, st.H, self.bits, self.group_size, self.symmetric,
                                     self.alpha_grid, g.n_rep, g.head_dim, name=f"{full(g.name)}", dtype=dtype,
-                                    duo_scaling=self.duo_scaling)
+                                    duo_scaling=self.duo_scaling, loss=loss, energy=energy)
             note = "; ".join(res.rejected[:2])
             if not bool((res.s == 1).all()):
                 reason = fold_group(g, res.s_prev, res.s)

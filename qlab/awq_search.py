@@ -8,7 +8,7 @@ over all tokens at a cost independent of T. The clip search needs only H's diago
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -125,6 +125,8 @@ def awq_search_scales(
     name: str = "group",
     dtype: torch.dtype | None = None,
     duo_scaling: bool = False,
+    loss: Callable[[torch.Tensor], float] | None = None,
+    energy: float | None = None,
 ) -> ScaleSearch:
     """Grid search of α for the Linears stacked in W [N, K] (rows of every Linear reading the same input).
 
@@ -132,7 +134,10 @@ def awq_search_scales(
     is searched per v row (x_mean averaged over the n_rep heads sharing it) and repeated over those heads.
     dtype: the model's storage dtype; W·diag(s) is rounded to it, and a candidate that overflows it (fp16!)
     is rejected with a warning naming the group. Raises NonFiniteError when the statistics themselves are not
-    finite; all-zero statistics give s = 1 (nothing to protect)."""
+    finite; all-zero statistics give s = 1 (nothing to protect).
+    loss: the error of a candidate Ŵ = Q(W·diag(s))·diag(s)⁻¹ [N, K] (default: the Gram-matrix output error
+    tr(ΔW·H·ΔWᵀ); `qlab.awq_inspect.ModuleProbe.error` measures it at the consuming module's output instead),
+    with `energy` its error for Ŵ = 0 (default ‖WX‖²/T)."""
     check_bits(bits)
     dtype = dtype or W.dtype
     if not (torch.isfinite(x_mean).all() and torch.isfinite(H).all()):
@@ -143,8 +148,11 @@ def awq_search_scales(
     alphas = alpha_values(alpha_grid)
     x_red = kv_reduce(x_mean.float(), n_rep, head_dim)
     w_red = kv_reduce(weight_magnitudes(Wf, group_size), n_rep, head_dim) if duo_scaling else None
-    err_rtn = output_error(Wf, fake_quantize(Wf, bits, group_size, symmetric), H)
-    energy = output_energy(Wf, H)
+    if loss is None:
+        def loss(W_hat: torch.Tensor) -> float:
+            return output_error(Wf, W_hat, H)
+    err_rtn = loss(fake_quantize(Wf, bits, group_size, symmetric))
+    energy = output_energy(Wf, H) if energy is None else energy
     ones_prev = torch.ones_like(x_red)
     if float(x_mean.abs().max()) == 0 or float(H.abs().max()) == 0:
         warnings.warn(f"AWQ {name}: all-zero activation statistics, no scaling (s = 1)", AWQWarning, stacklevel=2)
@@ -163,7 +171,7 @@ def awq_search_scales(
             rejected.append(f"α={a:.3g}: W·s overflows {dtype}")
             continue
         W_hat = fake_quantize(Ws.float(), bits, group_size, symmetric) / s
-        err = output_error(Wf, W_hat, H)
+        err = loss(W_hat)
         if err != err or err == float("inf"):
             rejected.append(f"α={a:.3g}: non-finite output error")
             continue

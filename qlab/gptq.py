@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .affine import check_bits, check_finite, quantize_affine, resolve_group_size, round_codes, scale_zero
+from .affine import check_bits, check_finite, quantize_affine, resolve_group_size, scale_zero
 from .errors import BadArgumentError, NonFiniteError, NumericalError, TextTooShortError
 from .qtensor import QuantizedTensor
 
@@ -31,15 +31,20 @@ class HessianAccumulator:
 
     def __init__(self, K: int, name: str = "layer", dtype: torch.dtype = torch.float32) -> None:
         self.K, self.name = K, name
-        self.S = torch.zeros(K, K, dtype=dtype)  # Σ xᵀx
+        self.S = torch.zeros(K, K, dtype=dtype)  # Σ xᵀx, upper block triangle only (see add)
         self.n = 0
+        nb = max(1, round(K / 384))  # column blocks of ≥ ~256: small enough to save work, large enough for BLAS
+        self.edges = [K * i // nb for i in range(nb + 1)]
 
     def add(self, x: torch.Tensor) -> None:
+        """S += xᵀx, computing only the blocks on and above the diagonal (XᵀX is symmetric): with nb column
+        blocks that is (nb + 1)/(2·nb) of the full product's work."""
         x = x.reshape(-1, x.shape[-1])
         if x.shape[1] != self.K:
             raise BadArgumentError(f"{self.name}: inputs have {x.shape[1]} features, expected {self.K}")
         x = x.to(self.S.dtype)
-        self.S.addmm_(x.T, x)
+        for a, b in zip(self.edges[:-1], self.edges[1:]):
+            self.S[a:b, a:].addmm_(x[:, a:b].T, x[:, a:])
         self.n += x.shape[0]
 
     @property
@@ -51,7 +56,10 @@ class HessianAccumulator:
                 f"NaN/Inf in the calibration activations entering {self.name}: the model overflowed on the "
                 f"calibration text (fp16? use float32) or an earlier layer is broken"
             )
-        return self.S * (2.0 / self.n)
+        S = self.S.clone()
+        for a, b in zip(self.edges[:-1], self.edges[1:]):
+            S[b:, a:b] = S[a:b, b:].T  # mirror the upper blocks
+        return S * (2.0 / self.n)
 
 
 def gptq_grid(Wg: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,10 +211,14 @@ def _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static
     codes = torch.zeros(K, N, dtype=torch.uint8)
     loss = torch.zeros(N, dtype=dtype)
     St, Zt = scales.T.contiguous(), zeros.T.contiguous()  # [G, N]
+    maxq = 2**bits - 1
+    groups = col_group.tolist()
+    diag = torch.diag(U).tolist()
     for i1 in range(0, K, block_size):
         i2 = min(i1 + block_size, K)
         W1 = Wt[i1:i2].clone()  # the block, kept fully up to date
         E1 = torch.zeros(i2 - i1, N, dtype=dtype)  # its scaled errors, applied to W[:, i2:] after the block
+        U1 = U[i1:i2, i1:i2]
         for i in range(i2 - i1):
             j = i1 + i
             if dynamic and j % gs == 0:  # a group starts: scale from the current, error-compensated weights
@@ -215,16 +227,14 @@ def _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static
                 if end > i2:  # the group reaches past the block: apply the block's pending updates first
                     cur = torch.cat([cur, Wt[i2:end] - U[i1:i2, i2:end].T @ E1])
                 St[j // gs], Zt[j // gs] = gptq_grid(cur.T, bits, symmetric)
-            g = int(col_group[j])
-            w = W1[i]
-            c = round_codes(w, St[g], Zt[g], bits)
-            q = (c - Zt[g]) * St[g]
-            codes[j] = c.to(torch.uint8)
-            e = (w - q) / U[j, j]
-            loss += e**2 / 2
-            W1[i + 1:] -= U[j, j + 1:i2, None] * e[None, :]
-            W1[i] = q
-            E1[i] = e
+            # the column's code, its error scaled by U_jj, and the OBS update of the block's later columns,
+            # written with as few tensor operations as possible (this loop runs once per input column)
+            s, z, w, e = St[groups[j]], Zt[groups[j]], W1[i], E1[i]
+            c = torch.div(w, s).add_(z).round_().clamp_(0, maxq)  # = qlab.affine.round_codes(w, s, z, bits)
+            codes[j] = c
+            torch.sub(w, c.sub_(z).mul_(s), out=e).div_(diag[j])
+            W1[i + 1:].addr_(U1[i, i + 1:], e, alpha=-1)
+        loss += E1.square().sum(0) / 2
         Wt[i2:] -= U[i1:i2, i2:].T @ E1  # lazy batch update of every later column
     scales, zeros = St.T, Zt.T
     codes = codes.T
@@ -281,7 +291,7 @@ def _collect_hessians(
             raise _Stop
 
     with torch.no_grad(), record_inputs(modules, fn):
-        for h in inputs.hidden:
+        for h in inputs.batches():
             seen.clear()
             try:
                 block(h, **inputs.kwargs)

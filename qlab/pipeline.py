@@ -112,12 +112,14 @@ def quantize_model(
     quantizer,
     skip=(),
     progress: bool = True,
+    output_errors: bool = True,
 ) -> QuantizationResult:
     """Quantize every Linear of every decoder block of `model` in place (lm_head and embeddings stay float).
 
-    With calibration ids [n, T], block i sees the outputs of the already-quantized blocks 0..i−1, and each
-    Linear's output error is measured against the float block on the same inputs. Without (None), only
-    weight errors are reported (enough for RTN).
+    With calibration ids [n, T], block i sees the outputs of the already-quantized blocks 0..i−1, and (with
+    `output_errors`) each Linear's output error is measured against the float block on the same inputs — one more
+    forward pass per block; `output_errors=False` skips it (calibration then costs what the quantizer needs).
+    Without calibration ids (None), only weight errors are reported (enough for RTN).
     """
     start = time.perf_counter()
     blocks = decoder_blocks(model)
@@ -132,15 +134,17 @@ def quantize_model(
         name = f"{prefix}.{i}"
         if inputs is not None:
             inputs.check_finite(f"block {name}")
-        float_block = copy.deepcopy(block) if inputs is not None else None
+        float_block = copy.deepcopy(block) if inputs is not None and output_errors else None
         originals = {n: m.weight.detach().clone() for n, m in layers_to_quantize(block, name, skip).items()}
         qts = quantizer(block, inputs, name, skip)
         result.qtensors.update(qts)
         # a quantizer that rescales weights before rounding (AWQ) says what float weights it rounded
         originals.update(getattr(quantizer, "float_weights", None) or {})
         out_err: dict[str, float] = {}
-        if inputs is not None:
+        if float_block is not None:
             inputs, out_err = _run_and_compare(block, float_block, inputs, name, list(qts))
+        elif inputs is not None:
+            inputs = inputs.run(block)
         for n, qt in qts.items():
             W, W_hat = originals[n].double(), qt.dequantize(torch.float64)
             w_err = _relative(float(((W - W_hat) ** 2).sum()), float((W**2).sum()))
@@ -157,8 +161,8 @@ def _run_and_compare(block, float_block, inputs: BlockInputs, prefix: str, names
     f_mods = {full: float_block.get_submodule(loc) for loc, full in local.items()}
     num: dict[str, float] = defaultdict(float)
     den: dict[str, float] = defaultdict(float)
-    next_hidden = []
-    for h in inputs.hidden:
+    next_hidden: list[torch.Tensor] = []
+    for h in inputs.batches():
         y_float: dict[str, torch.Tensor] = {}
         with record_outputs(f_mods, lambda n, y: y_float.__setitem__(n, y)):
             BlockInputs([h], inputs.kwargs).run(float_block)

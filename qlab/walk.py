@@ -33,13 +33,28 @@ class BlockInputs:
     def __len__(self) -> int:
         return len(self.hidden)
 
+    def batches(self, max_tokens: int = 8192) -> Iterator[torch.Tensor]:
+        """The samples stacked along the batch axis, consecutive same-shape samples together, at most
+        `max_tokens` tokens per batch (one [b, T, H] tensor each): a block runs much faster on a batch than on
+        its samples one by one (larger matrix products, fewer Python calls)."""
+        i = 0
+        while i < len(self.hidden):
+            h = self.hidden[i]
+            per = max(1, max_tokens // max(1, h.shape[0] * h.shape[1]))
+            j = i + 1
+            while j < len(self.hidden) and j - i < per and self.hidden[j].shape == h.shape:
+                j += 1
+            yield h if j == i + 1 else torch.cat(self.hidden[i:j])
+            i = j
+
     @torch.no_grad()
-    def run(self, block: nn.Module) -> BlockInputs:
-        """The block's outputs, as inputs of the next block."""
-        out = []
-        for h in self.hidden:
+    def run(self, block: nn.Module, max_tokens: int = 8192) -> BlockInputs:
+        """The block's outputs, as inputs of the next block (computed `max_tokens` tokens at a time)."""
+        out: list[torch.Tensor] = []
+        for h in self.batches(max_tokens):
             y = block(h, **self.kwargs)
-            out.append(y[0] if isinstance(y, tuple) else y)
+            y = y[0] if isinstance(y, tuple) else y
+            out += list(y.split(1)) if h.dim() == 3 else [y]
         return BlockInputs(out, self.kwargs)
 
     def check_finite(self, where: str) -> None:

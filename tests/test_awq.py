@@ -19,11 +19,13 @@ from qlab.awq import (
     awq_scales,
     awq_search_clip,
     awq_search_scales,
+    collect_block_stats,
     fake_quantize,
     output_error,
     weight_magnitudes,
 )
 from qlab.awq_fold import fold_group, kv_expand, kv_reduce, scale_groups
+from qlab.awq_inspect import ModuleProbe, capture_calls, probe_module_name
 from qlab.errors import BadArgumentError, NonFiniteError
 from qlab.pipeline import quantize_model
 from qlab.walk import BlockInputs, capture_block_inputs
@@ -153,6 +155,83 @@ def test_gqa_scales_are_shared_per_kv_row():
     W = torch.randn(8, n_kv * n_rep * d)
     res = awq_search_scales(W, activation_magnitudes(X), X.T @ X / len(X), 3, 8, n_rep=n_rep, head_dim=d)
     assert res.s_prev.shape == (n_kv * d,) and torch.equal(res.s, kv_expand(res.s_prev, n_rep, d))
+
+
+def test_module_objective_matches_naive_block_copies():
+    """objective="module": the α curve of q/k/v measured at self_attn's output and of gate/up at the MLP's output,
+    against a naive oracle that swaps the weights in deep copies of the block and hooks the sub-module's output."""
+    m = toy_model(layers=1)
+    block = m.model.layers[0]
+    inputs = capture_block_inputs(m, torch.randint(0, 128, (3, 24)))
+    calls = capture_calls(block, inputs.hidden, inputs.kwargs, {"self_attn": block.self_attn, "mlp": block.mlp})
+    for group, sub, names in [("self_attn.qkv", "self_attn", ["q_proj", "k_proj", "v_proj"]),
+                              ("mlp.gate_up", "mlp", ["gate_proj", "up_proj"])]:
+        leader = block.get_submodule(f"{sub}.{names[0]}")
+        st = collect_block_stats(block, inputs, [f"{sub}.{names[0]}"])[f"{sub}.{names[0]}"]
+        W = torch.cat([block.get_submodule(f"{sub}.{n}").weight.detach() for n in names])
+        probe = ModuleProbe(block.get_submodule(sub), calls[sub], [f"{n}.weight" for n in names])
+        res = awq_search_scales(W, st.x_mean, st.H, 3, 32, alpha_grid=6, loss=probe.error, energy=probe.energy)
+
+        def sub_outputs(b):
+            ys = []
+            h = b.get_submodule(sub).register_forward_hook(lambda mod, a, y: ys.append(y[0] if isinstance(y, tuple)
+                                                                                       else y))
+            with torch.no_grad():
+                for x in inputs.hidden:
+                    b(x, **inputs.kwargs)
+            h.remove()
+            return torch.cat([y.reshape(-1, y.shape[-1]) for y in ys]).double()
+
+        y_ref = sub_outputs(block)
+        naive = []
+        for a in torch.linspace(0, 1, 6).tolist():
+            xm = torch.cat([x.reshape(-1, x.shape[-1]) for x in
+                            _inputs_of(block, inputs, leader)]).abs().mean(0)
+            s = xm.clamp(min=1e-4 * xm.max()) ** a
+            s = s / (s.max() * s.min()).sqrt()
+            b = copy.deepcopy(block)
+            with torch.no_grad():
+                for n in names:
+                    lin = b.get_submodule(f"{sub}.{n}")
+                    lin.weight.copy_(quantize_affine(lin.weight * s, 3, 32).dequantize() / s)
+            naive.append(float(((sub_outputs(b) - y_ref) ** 2).sum() / len(y_ref)))
+        naive = torch.tensor(naive, dtype=torch.float64)
+        assert torch.allclose(res.errors, naive, rtol=1e-3), (group, res.errors, naive)
+        assert res.alpha == pytest.approx(float(torch.linspace(0, 1, 6)[naive.argmin()]))
+        assert probe.energy == pytest.approx(float((y_ref ** 2).sum() / len(y_ref)), rel=1e-5)
+    assert probe_module_name(["self_attn.q_proj", "self_attn.k_proj"], prev_is_linear=False) == "self_attn"
+    assert probe_module_name(["mlp.down_proj"], prev_is_linear=True) is None  # its output is the MLP's output
+    assert probe_module_name(["q", "k"], prev_is_linear=False) is None
+
+
+def _inputs_of(block, inputs, module):
+    xs = []
+    h = module.register_forward_pre_hook(lambda mod, a: xs.append(a[0].detach()))
+    with torch.no_grad():
+        for x in inputs.hidden:
+            block(x, **inputs.kwargs)
+    h.remove()
+    return xs
+
+
+def test_module_objective_folds_exactly_and_beats_rtn_at_the_module_output():
+    m = toy_model()
+    ids = torch.randint(0, 128, (6, 32))
+    ref = m(ids).logits
+    mm = copy.deepcopy(m)
+    q = AWQQuantizer(bits=3, group_size=32, objective="module", probe_tokens=64, duo_scaling=True)
+    inp = capture_block_inputs(mm, ids)
+    for i, block in enumerate(mm.model.layers):
+        st = q.scale_block(block, inp, f"model.layers.{i}")
+        res, _ = st.searches["self_attn.qkv"]
+        assert float(res.errors.nan_to_num(float("inf")).min()) <= res.err_rtn  # measured at self_attn's output
+        inp = inp.run(block)
+    assert (mm(ids).logits - ref).abs().max() <= 1e-4
+    assert q.config["objective"] == "module"
+    with pytest.raises(BadArgumentError):
+        AWQQuantizer(objective="softmax")
+    with pytest.raises(BadArgumentError):
+        AWQQuantizer(probe_tokens=0)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -102,6 +102,19 @@ def test_hessian_accumulator_matches_closed_form():
     assert torch.allclose(acc.H, 2 * X.double().T @ X.double() / X.shape[0], rtol=1e-10)
 
 
+@pytest.mark.parametrize("K", [5, 383, 576, 1000, 1536])
+def test_hessian_accumulator_block_triangle_is_the_full_symmetric_product(K):
+    """The accumulator computes only the upper column blocks of XᵀX; H must still be the whole 2XᵀX/n."""
+    g = torch.Generator().manual_seed(K)
+    X = torch.randn(300, K, generator=g, dtype=torch.float64)
+    acc = HessianAccumulator(K, dtype=torch.float64)
+    for chunk in X.split(128):
+        acc.add(chunk)
+    H = acc.H
+    assert torch.equal(H, H.T)
+    assert torch.allclose(H, 2 * X.T @ X / 300, rtol=1e-12, atol=1e-12)
+
+
 def test_damping_retry_is_reported():
     W, H, _ = _problem()
     # an indefinite Hessian that 1 % dampening cannot repair but 10 % can

@@ -75,12 +75,17 @@ def has_c_kernels() -> bool:
     return _load() is not None
 
 
+@lru_cache(maxsize=1)
+def _features() -> int:
+    lib = _load()
+    return 0 if lib is None else int(lib.qlab_cpu_features())
+
+
 def available_paths() -> list[str]:
     """The paths this CPU can run, best last (e.g. ['scalar', 'avx2', 'avx512']); ['torch'] without C."""
-    lib = _load()
-    if lib is None:
+    if _load() is None:
         return ["torch"]
-    f = lib.qlab_cpu_features()
+    f = _features()
     return [name for name, v in PATHS.items() if v and f & (1 << v)]
 
 
@@ -88,13 +93,17 @@ def best_path() -> str:
     return available_paths()[-1]
 
 
-def _path_id(path: str | None) -> int:
-    path = (path or os.environ.get("QLAB_CPU_PATH") or "auto").lower()
+@lru_cache(maxsize=16)
+def _path_id_of(path: str) -> int:
     if path not in PATHS:
         raise BadArgumentError(f"unknown CPU kernel path {path!r}: use one of {sorted(PATHS)}")
     if path != "auto" and path not in available_paths():
         raise BadArgumentError(f"path {path!r} is not available on this CPU (available: {available_paths()})")
     return PATHS[path]
+
+
+def _path_id(path: str | None) -> int:
+    return _path_id_of((path or os.environ.get("QLAB_CPU_PATH") or "auto").lower())
 
 
 def _qtype(qtype: str) -> tuple[int, int, int, str]:
@@ -223,32 +232,50 @@ def row_bytes(qtype: str, k: int) -> int:
     return k // bs * ts
 
 
+_FAST_TYPES = {k: (v[0], v[1], v[2]) for k, v in QTYPES.items()}
+
+
 def gemm(qtype: str, W_blocks: Any, X: Any, n_threads: int = 1, path: str | None = None) -> Any:
     """Y[M, N] = X[M, K] @ W^T with W given as N rows of qtype blocks; X float32 (numpy or torch), Y alike.
 
     Each row of X is quantized to Q8_0 (Q8_K for k-quants) once, rows of W are split over n_threads threads.
+    The common case (contiguous float32 X, aligned uint8 W) takes a short path: at M = 1 on small layers the
+    Python-side cost of a call is a sizeable part of the whole (tens of microseconds of work).
     """
-    _qtype(qtype)
-    is_torch = isinstance(X, torch.Tensor)
-    if is_torch:
+    info = _FAST_TYPES.get(qtype) or _qtype(qtype)[:3]
+    tid, bs, ts = info
+    if isinstance(X, torch.Tensor):
+        is_torch = True
         if X.device.type != "cpu":
             raise BadArgumentError(f"X must be on the CPU, got {X.device}")
-        Xc = X.detach().to(torch.float32).contiguous()
+        Xc = X if X.dtype == torch.float32 and X.is_contiguous() else X.detach().to(torch.float32).contiguous()
         if Xc.dim() != 2:
             raise BadArgumentError(f"X must be 2-D [M, K], got shape {tuple(X.shape)}")
-        M, K = Xc.shape
+        M, Kd = Xc.shape
+        xp = Xc.data_ptr()
     else:
+        is_torch = False
         Xc = np.ascontiguousarray(X, dtype=np.float32)
         if Xc.ndim != 2:
             raise BadArgumentError(f"X must be 2-D [M, K], got shape {Xc.shape}")
-        M, K = Xc.shape
+        M, Kd = Xc.shape
+        xp = Xc.ctypes.data
     if M == 0:
         raise BadArgumentError("X has no rows")
-    rb = row_bytes(qtype, K)
-    W = _u8(W_blocks, "weights")
-    nw = _nbytes(W)
+    if Kd <= 0 or Kd % bs:
+        raise BadArgumentError(f"{qtype} rows need a length that is a multiple of {bs}, got {Kd}")
+    rb = Kd // bs * ts
+    if isinstance(W_blocks, torch.Tensor) and W_blocks.dtype == torch.uint8 and W_blocks.device.type == "cpu" \
+            and W_blocks.is_contiguous() and not W_blocks.data_ptr() % 16:
+        W, nw, wp = W_blocks, W_blocks.numel(), W_blocks.data_ptr()
+    elif isinstance(W_blocks, np.ndarray) and W_blocks.dtype == np.uint8 and W_blocks.flags.c_contiguous \
+            and not (wp := W_blocks.ctypes.data) % 16:
+        W, nw = W_blocks, W_blocks.size
+    else:
+        W = _u8(W_blocks, "weights")
+        nw, wp = _nbytes(W), _ptr(W)
     if nw == 0 or nw % rb:
-        raise BadArgumentError(f"weights hold {nw} bytes: not a whole number of {qtype} rows of {K} "
+        raise BadArgumentError(f"weights hold {nw} bytes: not a whole number of {qtype} rows of {Kd} "
                                f"(= {rb} bytes each); check in_features / the block type")
     N = nw // rb
     if not isinstance(n_threads, int) or n_threads < 1:
@@ -257,11 +284,17 @@ def gemm(qtype: str, W_blocks: Any, X: Any, n_threads: int = 1, path: str | None
     if lib is None:
         from qlab.kernels.cpu.fallback import gemm_torch
 
-        Y = gemm_torch(qtype, W, torch.as_tensor(Xc), N)
+        Y = gemm_torch(str(qtype).upper(), W, torch.as_tensor(Xc), N)
         return Y if is_torch else Y.numpy()
-    Y = torch.empty((M, N), dtype=torch.float32) if is_torch else np.empty((M, N), dtype=np.float32)
-    _check(lib.qlab_gemm(QTYPES[qtype.upper()][0], _path_id(path), _ptr(W), N, K, _ptr(Xc), M, _ptr(Y),
-                         n_threads), "gemm")
+    if is_torch:
+        Y = torch.empty((M, N), dtype=torch.float32)
+        yp = Y.data_ptr()
+    else:
+        Y = np.empty((M, N), dtype=np.float32)
+        yp = Y.ctypes.data
+    rc = lib.qlab_gemm(tid, _path_id(path), wp, N, Kd, xp, M, yp, n_threads)
+    if rc:
+        _check(rc, "gemm")
     return Y
 
 

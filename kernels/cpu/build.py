@@ -15,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,7 @@ SOURCES = ("qlab_cpu.c",)
 HEADERS = ("qlab_rows_x86.h",)
 FLAGS = ("-O2", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-pthread")
 LIB_NAME = "libqlab_cpu.so"
+PYEXT_NAME = "qlab_pyfast"
 
 
 class BuildError(RuntimeError):
@@ -68,15 +70,11 @@ def library_path() -> Path | None:
     return None if cc is None else cache_root() / build_key(cc) / LIB_NAME
 
 
-def build(force: bool = False, verbose: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
-    """Compile the kernels if needed and return the library's path (raises BuildError).
-
-    extra_flags: e.g. ("-DQLAB_NO_SIMD",) builds the portable scalar-only library (what a CPU without SIMD
-    paths, or a compiler without intrinsics, gets), cached separately."""
+def _compile(extra_flags: tuple[str, ...], name: str, force: bool, verbose: bool) -> Path:
     cc = compiler()
     if cc is None:
         raise BuildError("no C compiler found (install gcc or clang, or set CC)")
-    out = cache_root() / build_key(cc, tuple(extra_flags)) / LIB_NAME
+    out = cache_root() / build_key(cc, tuple(extra_flags)) / name
     if out.exists() and not force:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,10 +94,38 @@ def build(force: bool = False, verbose: bool = False, extra_flags: tuple[str, ..
     return out
 
 
+def build(force: bool = False, verbose: bool = False, extra_flags: tuple[str, ...] = ()) -> Path:
+    """Compile the kernels if needed and return the library's path (raises BuildError).
+
+    extra_flags: e.g. ("-DQLAB_NO_SIMD",) builds the portable scalar-only library (what a CPU without SIMD
+    paths, or a compiler without intrinsics, gets), cached separately."""
+    return _compile(tuple(extra_flags), LIB_NAME, force, verbose)
+
+
+def python_include() -> str | None:
+    """The directory of this Python's C headers (None when Python.h is not installed)."""
+    inc = sysconfig.get_paths().get("include")
+    return inc if inc and (Path(inc) / "Python.h").exists() else None
+
+
+def build_pyext(force: bool = False, verbose: bool = False) -> Path:
+    """The same sources built as the CPython module ``qlab_pyfast`` (-DQLAB_PYEXT): gemm() called without
+    ctypes' per-call cost. Raises BuildError without a compiler or without Python's headers."""
+    inc = python_include()
+    if inc is None:
+        raise BuildError("Python's C headers (Python.h) are not installed")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return _compile(("-DQLAB_PYEXT", f"-I{inc}"), PYEXT_NAME + suffix, force, verbose)
+
+
 def main() -> None:
     """Build the kernels now (used by the README's set-up): prints the library path."""
     path = build(force="--force" in sys.argv, verbose=True)
     print(path)
+    try:
+        print(build_pyext(force="--force" in sys.argv, verbose=True))
+    except BuildError as e:  # optional: the ctypes route works without it
+        print(f"(no CPython fast path: {e})", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(QLAB_NO_SIMD) /* -DQLAB_NO_SIMD: portable build */
 #include <immintrin.h>
 #define QLAB_X86 1
 #define QLAB_AVX2 __attribute__((target("avx2,fma,f16c")))
-#define QLAB_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define QLAB_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #endif
 #if defined(__ARM_NEON) && defined(__aarch64__) && !defined(QLAB_NO_SIMD)
 #include <arm_neon.h>
@@ -46,7 +47,7 @@ _Static_assert(sizeof(bq8_K) == 292, "q8_K size");
 
 enum { T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14, T_Q8_K = 15 };
 enum { P_AUTO = 0, P_SCALAR = 1, P_AVX2 = 2, P_AVX512 = 3, P_NEON = 4 };
-enum { E_OK = 0, E_ARG = -1, E_PATH = -2, E_MEM = -3 };
+enum { E_OK = 0, E_ARG = -1, E_PATH = -2, E_MEM = -3, E_ENVPATH = -4, E_ALIGN = -5 };
 
 /* ------------------------------------------------------------------ fp16 <-> fp32 (round to nearest even) */
 
@@ -273,7 +274,26 @@ typedef struct {
     float *d;
     int32_t *lsum;  /* mult * (sum of 4 codes) per lane */
     int32_t *nlsum; /* its negation (the start value of VNNI accumulations) */
+    /* Q8_K rows for the AVX-512 Q4_K kernel: codes with the 2nd and 3rd 32-byte chunk of every 128 swapped
+     * (so one 64-byte load pairs with the low or the high nibbles of 64 weight bytes), and the pairwise sums
+     * of the 16 block sums (int16, as ggml's hadd_epi16) */
+    int8_t *kqs;
+    int16_t *q8s;
 } prep8;
+
+static void prepK_fill(prep8 *p, const bq8_K *y, int64_t nb) {
+    for (int64_t i = 0; i < nb; i++) {
+        for (int h = 0; h < 2; h++) {
+            const int8_t *src = y[i].qs + 128 * h;
+            int8_t *dst = p->kqs + 256 * i + 128 * h;
+            memcpy(dst, src, 32);
+            memcpy(dst + 32, src + 64, 32);
+            memcpy(dst + 64, src + 32, 32);
+            memcpy(dst + 96, src + 96, 32);
+        }
+        for (int k = 0; k < 8; k++) p->q8s[8 * i + k] = (int16_t)(y[i].bsums[2 * k] + y[i].bsums[2 * k + 1]);
+    }
+}
 
 static void prep8_fill(prep8 *p, const bq8_0 *y, int64_t nb, int mult) {
     p->blocks = y;
@@ -544,6 +564,77 @@ static void q6_K_rows1_avx2(const uint8_t *x, int64_t rb, const bq8_K *y, int64_
     o[0] = dot_q6_K_avx2((const bq6_K *)x, y, nb);
 }
 
+/* Q4_K x Q8_K, four rows per pass on 512-bit registers. One 16-byte load per row takes the block header
+ * (d, dmin, 12 scale bytes); the four headers share one zmm, so the 6-bit scale/min unpacking, the fp16
+ * conversions of d and dmin (vcvtph2ps, exact) and the mins' float accumulation run once for four rows.
+ * Codes: one 64-byte load = two 32-byte chunks; its low nibbles are sub-blocks 2j, 2j+2 and its high
+ * nibbles 2j+1, 2j+3 (the activation codes are pre-permuted to match). maddubs (u8 nibble x s8 code, pairs)
+ * then VNNI dpwssd (x int16 scale, pairs, accumulate): int32 lane l of each 256-bit half gets the 4 bytes
+ * 4l..4l+3 of its chunks; the two halves are added at the end, so lane l is exactly the scalar path's. */
+QLAB_AVX512 static void q4_K_rows4_avx512v(const uint8_t *x0, int64_t rb, const bq8_K *y, const prep8 *p, int64_t nb,
+                                           float *out) {
+    const __m512i m4 = _mm512_set1_epi8(0xF);
+    const __m512i shv = _mm512_set4_epi32(4, 0, 0, 0);
+    const __m512i mlow = _mm512_set4_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f);
+    const __m512i m30 = _mm512_set4_epi32(0x30303030, 0, 0x30303030, 0);
+    /* fp16 words of the header zmm: d of row r is word 8r, dmin word 8r + 1 */
+    const __m512i idx_d = _mm512_set_epi16(24, 24, 24, 24, 24, 24, 24, 24, 16, 16, 16, 16, 16, 16, 16, 16,
+                                           8, 8, 8, 8, 8, 8, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i idx_m = _mm512_set_epi16(25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 25, 25,
+                                           25, 25, 25, 25, 17, 17, 17, 17, 9, 9, 9, 9, 1, 1, 1, 1);
+    /* byte shuffles: scale s as an int16 (odd bytes zeroed by 0x80); lanes 0-1 scale a, lanes 2-3 scale b */
+#define QK_CTL(a, b) _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((short)(0x8000 | (a)))), \
+                                        _mm256_set1_epi16((short)(0x8000 | (b))), 1)
+    const __m512i c0 = QK_CTL(0, 2), c1 = QK_CTL(1, 3), c2 = QK_CTL(4, 6), c3 = QK_CTL(5, 7);
+#undef QK_CTL
+    __m512 acc01 = _mm512_setzero_ps(), acc23 = _mm512_setzero_ps(), accm = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++) {
+        const int8_t *yq = p->kqs + 256 * i;
+        const __m512i y0 = _mm512_load_si512((const void *)yq), y1 = _mm512_load_si512((const void *)(yq + 64));
+        const __m512i y2 = _mm512_load_si512((const void *)(yq + 128)), y3 = _mm512_load_si512((const void *)(yq + 192));
+        const __m512i q8s = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p->q8s + 8 * i)));
+        const __m512 yd = _mm512_set1_ps(y[i].d), nyd = _mm512_set1_ps(-y[i].d);
+        const uint8_t *xb = x0 + 144 * i;
+        __m512i H = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)xb));
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(xb + rb)), 1);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(xb + 2 * rb)), 2);
+        H = _mm512_inserti32x4(H, _mm_loadu_si128((const __m128i *)(xb + 3 * rb)), 3);
+        /* per 128-bit lane, dwords a0 a1 a2 = scale bytes 0-3, 4-7, 8-11 -> bytes sc0..7, mn0..7 */
+        const __m512i P = _mm512_shuffle_epi32(H, _MM_SHUFFLE(3, 2, 3, 1)); /* a0 a2 a1 a2 */
+        const __m512i Q = _mm512_shuffle_epi32(H, _MM_SHUFFLE(2, 2, 1, 1)); /* a0 a0 a1 a1 */
+        const __m512i low = _mm512_and_si512(_mm512_srlv_epi32(P, shv), mlow);
+        const __m512i U = _mm512_ternarylogic_epi32(low, _mm512_srli_epi32(Q, 2), m30, 0xF8); /* low | (Q>>2 & m30) */
+        /* mins: fma(-d_y * dmin, mins . pairwise bsums, accm), four lanes per row */
+        const __m512i prod = _mm512_madd_epi16(_mm512_unpackhi_epi8(U, _mm512_setzero_si512()), q8s);
+        const __m512 dmin = _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(idx_m, H)));
+        accm = _mm512_fmadd_ps(_mm512_mul_ps(nyd, dmin), _mm512_cvtepi32_ps(prod), accm);
+        __m512i s[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++) {
+            const __m512i Ur = _mm512_shuffle_i32x4(U, U, 0x55 * r);
+            const __m512i b0 = _mm512_loadu_si512((const void *)(xb + r * rb + 16));
+            const __m512i b1 = _mm512_loadu_si512((const void *)(xb + r * rb + 80));
+            __m512i t = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_shuffle_epi8(Ur, c0),
+                                            _mm512_maddubs_epi16(_mm512_and_si512(b0, m4), y0));
+            t = _mm512_dpwssd_epi32(t, _mm512_shuffle_epi8(Ur, c1),
+                                    _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(b0, 4), m4), y1));
+            t = _mm512_dpwssd_epi32(t, _mm512_shuffle_epi8(Ur, c2), _mm512_maddubs_epi16(_mm512_and_si512(b1, m4), y2));
+            s[r] = _mm512_dpwssd_epi32(t, _mm512_shuffle_epi8(Ur, c3),
+                                       _mm512_maddubs_epi16(_mm512_and_si512(_mm512_srli_epi16(b1, 4), m4), y3));
+        }
+        const __m512i s01 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[0], s[1], 0x44), _mm512_shuffle_i64x2(s[0], s[1], 0xEE));
+        const __m512i s23 = _mm512_add_epi32(_mm512_shuffle_i64x2(s[2], s[3], 0x44), _mm512_shuffle_i64x2(s[2], s[3], 0xEE));
+        const __m512i dh = _mm512_permutexvar_epi16(idx_d, H);
+        acc01 = _mm512_fmadd_ps(_mm512_mul_ps(yd, _mm512_cvtph_ps(_mm512_castsi512_si256(dh))), _mm512_cvtepi32_ps(s01), acc01);
+        acc23 = _mm512_fmadd_ps(_mm512_mul_ps(yd, _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dh, 1))),
+                                _mm512_cvtepi32_ps(s23), acc23);
+    }
+    out[0] = q4k_finish(_mm512_castps512_ps256(acc01), _mm512_extractf32x4_ps(accm, 0));
+    out[1] = q4k_finish(_mm512_extractf32x8_ps(acc01, 1), _mm512_extractf32x4_ps(accm, 1));
+    out[2] = q4k_finish(_mm512_castps512_ps256(acc23), _mm512_extractf32x4_ps(accm, 2));
+    out[3] = q4k_finish(_mm512_extractf32x8_ps(acc23, 1), _mm512_extractf32x4_ps(accm, 3));
+}
+
 /* R rows (R = 4 or 1) starting at x, row stride rb bytes, on the AVX2 or AVX-512 path. */
 static void x86_rows(int t, int path, const uint8_t *x, int64_t rb, const void *y, const prep8 *p, int64_t nb,
                      int R, float *o) {
@@ -556,6 +647,12 @@ static void x86_rows(int t, int path, const uint8_t *x, int64_t rb, const void *
             (w ? (R == 4 ? q8_0_rows4_avx512 : q8_0_rows1_avx512) : (R == 4 ? q8_0_rows4_avx2 : q8_0_rows1_avx2))(x, rb, p, nb, o);
             break;
         case T_Q4_K:
+            if (w && p && p->kqs) {
+                float o4[4];
+                q4_K_rows4_avx512v(x, R == 4 ? rb : 0, (const bq8_K *)y, p, nb, o4); /* R = 1: the row four times */
+                for (int r = 0; r < R; r++) o[r] = o4[r];
+                break;
+            }
             (w ? (R == 4 ? q4_K_rows4_avx512 : q4_K_rows1_avx512) : (R == 4 ? q4_K_rows4_avx2 : q4_K_rows1_avx2))(
                 x, rb, (const bq8_K *)y, nb, o);
             break;
@@ -615,7 +712,7 @@ int qlab_cpu_features(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) f |= 1 << P_AVX2;
     if ((f & (1 << P_AVX2)) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni"))
         f |= 1 << P_AVX512;
 #endif
 #ifdef QLAB_NEON
@@ -624,8 +721,20 @@ int qlab_cpu_features(void) {
     return f;
 }
 
+/* QLAB_CPU_PATH forces a path when the caller asks for P_AUTO (-4 if it names none). */
+static int env_path(void) {
+    static const char *names[] = {"auto", "scalar", "avx2", "avx512", "neon"};
+    const char *e = getenv("QLAB_CPU_PATH");
+    if (!e || !*e) return P_AUTO;
+    for (int i = 0; i < 5; i++)
+        if (!strcasecmp(e, names[i])) return i;
+    return E_ENVPATH;
+}
+
 static int resolve_path(int path) {
     const int f = qlab_cpu_features();
+    if (path == P_AUTO) path = env_path();
+    if (path < 0) return path;
     if (path == P_AUTO) {
         if (f & (1 << P_AVX512)) return P_AVX512;
         if (f & (1 << P_AVX2)) return P_AVX2;
@@ -735,6 +844,16 @@ static int acts_build(acts *a, int t, int path, const void *yq, const float *X, 
             a->preps[m].lsum = (int32_t *)(base + a->nb * 36);
             a->preps[m].nlsum = (int32_t *)(base + a->nb * 68);
             prep8_fill(&a->preps[m], (const bq8_0 *)(a->yq + m * a->ystride), a->nb, t == T_Q4_0 ? 8 : 128);
+        }
+    } else if (t == T_Q4_K && path == P_AVX512) {
+        const int64_t per = (a->nb * (256 + 16) + 63) / 64 * 64; /* every row's codes 64-byte aligned */
+        a->preps = (prep8 *)calloc((size_t)M, sizeof(prep8));
+        if (!a->preps || posix_memalign(&a->pmem, 64, (size_t)(per * M) + 64)) return E_MEM;
+        for (int64_t m = 0; m < M; m++) {
+            uint8_t *base = (uint8_t *)a->pmem + m * per;
+            a->preps[m].kqs = (int8_t *)base;
+            a->preps[m].q8s = (int16_t *)(base + a->nb * 256);
+            prepK_fill(&a->preps[m], (const bq8_K *)(a->yq + m * a->ystride), a->nb);
         }
     }
     return E_OK;
@@ -968,3 +1087,65 @@ double qlab_peak_probe(int kind, int64_t iters) {
     (void)kind;
     return -1.0;
 }
+
+/* ------------------------------------------------------------------ CPython entry point (optional)
+ * Built a second time with -DQLAB_PYEXT and Python's headers into the module qlab_pyfast: gemm() without
+ * ctypes' per-call cost (METH_FASTCALL, no argtypes conversion objects). kernels/cpu/__init__.py falls back
+ * to ctypes when this module cannot be built.
+ *   gemm(t, path, W, N, K, X, M, Y, n_threads) -> rc    W, X, Y: an int address or a C-contiguous buffer
+ * A W address not 16-byte aligned gives rc E_ALIGN (the caller then copies). The GIL is released while the
+ * kernel runs. */
+#ifdef QLAB_PYEXT
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+/* An address from an int or a buffer; *held tells whether view must be released. */
+static int address_of(PyObject *o, void **p, Py_buffer *view, int *held, int writable) {
+    *held = 0;
+    if (PyLong_Check(o)) {
+        *p = PyLong_AsVoidPtr(o);
+        return (*p == NULL && PyErr_Occurred()) ? -1 : 0;
+    }
+    if (PyObject_GetBuffer(o, view, (writable ? PyBUF_WRITABLE : 0) | PyBUF_C_CONTIGUOUS) < 0) return -1;
+    *held = 1;
+    *p = view->buf;
+    return 0;
+}
+
+static PyObject *py_gemm(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "gemm takes 9 arguments (t, path, W, N, K, X, M, Y, n_threads)");
+        return NULL;
+    }
+    const long t = PyLong_AsLong(args[0]), path = PyLong_AsLong(args[1]), threads = PyLong_AsLong(args[8]);
+    const long long N = PyLong_AsLongLong(args[3]), K = PyLong_AsLongLong(args[4]), M = PyLong_AsLongLong(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    Py_buffer vw, vx, vy;
+    int hw = 0, hx = 0, hy = 0, rc;
+    void *w = NULL, *x = NULL, *y = NULL;
+    if (address_of(args[2], &w, &vw, &hw, 0) < 0 || address_of(args[5], &x, &vx, &hx, 0) < 0 ||
+        address_of(args[7], &y, &vy, &hy, 1) < 0) {
+        rc = -100;
+    } else if (((uintptr_t)w % 16) != 0) {
+        rc = E_ALIGN;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        rc = qlab_gemm((int)t, (int)path, w, (int64_t)N, (int64_t)K, (const float *)x, (int64_t)M, (float *)y, (int)threads);
+        Py_END_ALLOW_THREADS
+    }
+    if (hw) PyBuffer_Release(&vw);
+    if (hx) PyBuffer_Release(&vx);
+    if (hy) PyBuffer_Release(&vy);
+    if (rc == -100) return NULL;
+    return PyLong_FromLong(rc);
+}
+
+static PyMethodDef py_methods[] = {
+    {"gemm", (PyCFunction)(void (*)(void))py_gemm, METH_FASTCALL, "gemm(t, path, W, N, K, X, M, Y, n_threads) -> rc"},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef py_module = {PyModuleDef_HEAD_INIT, "qlab_pyfast", NULL, -1, py_methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit_qlab_pyfast(void) { return PyModule_Create(&py_module); }
+#endif /* QLAB_PYEXT */
