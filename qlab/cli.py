@@ -34,6 +34,9 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nsamples", type=int, default=128, help="calibration samples (GPTQ/AWQ)")
     p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sample")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-output-errors", action="store_true",
+                   help="skip measuring each Linear's output error against the float block (one forward pass per "
+                        "block less; the table then shows weight errors only)")
     g = p.add_argument_group("GPTQ")
     g.add_argument("--damp", type=float, default=0.01, help="dampening, fraction of mean diag(H)")
     g.add_argument("--block-size", type=int, default=128, help="lazy-batch width B")
@@ -71,7 +74,8 @@ def _quantize(model, tokenizer, args, progress=True):
     calib = None
     if args.method != "rtn":
         calib = calibration_batches(tokenizer, args.dataset or "wiki", args.nsamples, args.seqlen, args.seed)
-    return quantize_model(model, calib, make_quantizer(args), skip=args.skip, progress=progress)
+    return quantize_model(model, calib, make_quantizer(args), skip=args.skip, progress=progress,
+                          output_errors=not getattr(args, "no_output_errors", False))
 
 
 def cmd_quantize(args) -> dict:

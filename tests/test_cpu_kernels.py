@@ -344,3 +344,34 @@ def test_portable_scalar_build_gives_the_same_bits(base):
         Y = np.empty((2, 5), np.float32)
         assert lib.qlab_gemm(K.QTYPES[qt][0], 0, W.ctypes.data, 5, 512, X.ctypes.data, 2, Y.ctypes.data, 2) == 0
         assert np.array_equal(Y, K.gemm(qt, W, X)), qt
+
+
+@pytest.mark.parametrize("qt", QTYPES)
+def test_cpython_fast_route_equals_the_ctypes_route(monkeypatch, base, qt):
+    """gemm through the qlab_pyfast module (buffers, METH_FASTCALL) == gemm through ctypes, numpy and torch X."""
+    from qlab.kernels.cpu.build import python_include
+
+    if python_include() is not None:
+        assert K._fast() is not None  # the headers are here: the fast route must have been built
+    W = _weights(base, qt, 9, 512, seed=13)
+    X = np.random.default_rng(8).standard_normal((2, 512)).astype(np.float32)
+    fast = [K.gemm(qt, W, X), K.gemm(qt, torch.from_numpy(W), torch.from_numpy(X)).numpy()]
+    monkeypatch.setattr(K, "_fast", lambda: None)
+    slow = [K.gemm(qt, W, X), K.gemm(qt, torch.from_numpy(W), torch.from_numpy(X)).numpy()]
+    for a, b in zip(fast, slow):
+        assert np.array_equal(a, b)
+
+
+def test_neon_path_cross_compiles():
+    """Where an aarch64 cross compiler is installed, the NEON path compiles and links without warnings."""
+    import shutil
+    import subprocess
+
+    from qlab.kernels.cpu.build import FLAGS, source_dir
+
+    cc = shutil.which("aarch64-linux-gnu-gcc")
+    if cc is None:
+        pytest.skip("no aarch64-linux-gnu-gcc on PATH")
+    out = subprocess.run([cc, *FLAGS, "-Wall", "-Werror", str(source_dir() / "qlab_cpu.c"), "-o", "/dev/null", "-lm"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]

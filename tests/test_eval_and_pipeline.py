@@ -46,6 +46,33 @@ def test_block_walk_reproduces_the_forward_pass(tiny_llama):
         torch.testing.assert_close(logits, tiny_llama(ids).logits, rtol=1e-4, atol=1e-4)
 
 
+def test_batched_block_run_equals_one_sample_at_a_time(tiny_llama):
+    ids = torch.randint(0, 256, (5, 40), generator=torch.Generator().manual_seed(4))
+    inputs = capture_block_inputs(tiny_llama, ids)
+    inputs.hidden.append(inputs.hidden[0][:, :30].clone())  # a shorter sample closes the batch it would join
+    assert [tuple(b.shape[:2]) for b in inputs.batches(max_tokens=80)] == [(2, 40), (2, 40), (1, 40), (1, 30)]
+    inputs.hidden.pop()  # (the block's shared kwargs — rotary tables — are for 40 tokens)
+    block = decoder_blocks(tiny_llama)[0]
+    one = inputs.run(block, max_tokens=1)
+    together = inputs.run(block)
+    assert [h.shape for h in together.hidden] == [h.shape for h in inputs.hidden]
+    for a, b in zip(one.hidden, together.hidden):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_skipping_output_errors_changes_no_weight(tiny_llama):
+    from qlab.gptq import GPTQQuantizer
+
+    ids = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(5))
+    other = copy.deepcopy(tiny_llama)
+    full = quantize_model(tiny_llama, ids, GPTQQuantizer(3, 32, progress=False), progress=False)
+    lean = quantize_model(other, ids, GPTQQuantizer(3, 32, progress=False), progress=False, output_errors=False)
+    assert all(r.output_error is not None for r in full.layers)
+    assert all(r.output_error is None for r in lean.layers)
+    for name, qt in full.qtensors.items():
+        assert torch.equal(qt.codes, lean.qtensors[name].codes)
+
+
 def test_rtn_pipeline_sets_weights_reports_errors_and_skips(tiny_llama):
     ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(3))
     original = copy.deepcopy(tiny_llama)

@@ -31,7 +31,9 @@ QTYPES = {
 }
 ACT_TYPES = {"Q8_0": (32, 34), "Q8_K": (256, 292)}
 PATHS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "neon": 4}
-_ERRORS = {-1: "bad arguments", -2: "SIMD path not available on this CPU", -3: "out of memory"}
+_ERRORS = {-1: "bad arguments", -2: "SIMD path not available on this CPU", -3: "out of memory",
+           -4: "QLAB_CPU_PATH names no kernel path"}
+E_PATH, E_ENVPATH, E_ALIGN = -2, -4, -5
 
 
 @lru_cache(maxsize=1)
@@ -64,6 +66,24 @@ def _load() -> ctypes.CDLL | None:
     lib.qlab_peak_probe.restype = ctypes.c_double
     lib.qlab_peak_probe.argtypes = [c_int, i64]
     return lib
+
+
+@lru_cache(maxsize=1)
+def _fast() -> Any:
+    """The CPython module qlab_pyfast (gemm without ctypes' per-call cost), or None (then ctypes is used)."""
+    if _load() is None or os.environ.get("QLAB_CPU_NO_PYEXT"):
+        return None
+    import importlib.util
+
+    from qlab.kernels.cpu.build import build_pyext
+
+    try:
+        spec = importlib.util.spec_from_file_location("qlab_pyfast", build_pyext())
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    except Exception:  # noqa: BLE001 - no Python headers, a failed build: the ctypes route still works
+        return None
 
 
 def library() -> ctypes.CDLL | None:
@@ -246,34 +266,37 @@ def gemm(qtype: str, W_blocks: Any, X: Any, n_threads: int = 1, path: str | None
     tid, bs, ts = info
     if isinstance(X, torch.Tensor):
         is_torch = True
-        if X.device.type != "cpu":
+        if not X.is_cpu:
             raise BadArgumentError(f"X must be on the CPU, got {X.device}")
         Xc = X if X.dtype == torch.float32 and X.is_contiguous() else X.detach().to(torch.float32).contiguous()
         if Xc.dim() != 2:
             raise BadArgumentError(f"X must be 2-D [M, K], got shape {tuple(X.shape)}")
         M, Kd = Xc.shape
-        xp = Xc.data_ptr()
+        xa = Xc.data_ptr()
     else:
         is_torch = False
         Xc = np.ascontiguousarray(X, dtype=np.float32)
         if Xc.ndim != 2:
             raise BadArgumentError(f"X must be 2-D [M, K], got shape {Xc.shape}")
         M, Kd = Xc.shape
-        xp = Xc.ctypes.data
+        xa = None  # the array itself (buffer protocol) on the fast route, its address through ctypes
     if M == 0:
         raise BadArgumentError("X has no rows")
     if Kd <= 0 or Kd % bs:
         raise BadArgumentError(f"{qtype} rows need a length that is a multiple of {bs}, got {Kd}")
     rb = Kd // bs * ts
-    if isinstance(W_blocks, torch.Tensor) and W_blocks.dtype == torch.uint8 and W_blocks.device.type == "cpu" \
+    fast = _fast()
+    if isinstance(W_blocks, torch.Tensor) and W_blocks.dtype == torch.uint8 and W_blocks.is_cpu \
             and W_blocks.is_contiguous() and not W_blocks.data_ptr() % 16:
-        W, nw, wp = W_blocks, W_blocks.numel(), W_blocks.data_ptr()
-    elif isinstance(W_blocks, np.ndarray) and W_blocks.dtype == np.uint8 and W_blocks.flags.c_contiguous \
-            and not (wp := W_blocks.ctypes.data) % 16:
+        W, nw = W_blocks, W_blocks.numel()
+        wa = W_blocks.data_ptr()
+    elif fast is not None and isinstance(W_blocks, np.ndarray) and W_blocks.dtype == np.uint8 \
+            and W_blocks.flags.c_contiguous:
         W, nw = W_blocks, W_blocks.size
+        wa = W_blocks  # the C module reads its address (buffer protocol) and refuses it if misaligned
     else:
         W = _u8(W_blocks, "weights")
-        nw, wp = _nbytes(W), _ptr(W)
+        nw, wa = _nbytes(W), _ptr(W)
     if nw == 0 or nw % rb:
         raise BadArgumentError(f"weights hold {nw} bytes: not a whole number of {qtype} rows of {Kd} "
                                f"(= {rb} bytes each); check in_features / the block type")
@@ -286,14 +309,26 @@ def gemm(qtype: str, W_blocks: Any, X: Any, n_threads: int = 1, path: str | None
 
         Y = gemm_torch(str(qtype).upper(), W, torch.as_tensor(Xc), N)
         return Y if is_torch else Y.numpy()
+    # path None: the C side reads QLAB_CPU_PATH itself (a Python environment lookup costs ~1 us)
+    pid = 0 if path is None else _path_id(path)
     if is_torch:
-        Y = torch.empty((M, N), dtype=torch.float32)
-        yp = Y.data_ptr()
+        Y = torch.empty(M, N, dtype=torch.float32)  # (1.5 us faster than a shape tuple)
+        ya = Y.data_ptr()
     else:
         Y = np.empty((M, N), dtype=np.float32)
-        yp = Y.ctypes.data
-    rc = lib.qlab_gemm(tid, _path_id(path), wp, N, Kd, xp, M, yp, n_threads)
+        ya = Y if fast is not None else Y.ctypes.data
+    if fast is not None:
+        rc = fast.gemm(tid, pid, wa, N, Kd, Xc if xa is None else xa, M, ya, n_threads)
+        if rc == E_ALIGN:
+            W = _u8(W_blocks, "weights")
+            rc = fast.gemm(tid, pid, _ptr(W), N, Kd, Xc if xa is None else xa, M, ya, n_threads)
+    else:
+        if not isinstance(wa, int):
+            wa = _ptr(wa)
+        rc = lib.qlab_gemm(tid, pid, wa, N, Kd, Xc.ctypes.data if xa is None else xa, M, ya, n_threads)
     if rc:
+        if rc in (E_PATH, E_ENVPATH):
+            _path_id(path)  # raises the error that names the path
         _check(rc, "gemm")
     return Y
 

@@ -4,7 +4,8 @@ The library is built once per source/compiler/flags combination into ``$QLAB_KER
 ``~/.cache/qlab/kernels/<hash>/``), written to a temporary file and moved into place atomically, so that
 concurrent processes never load a half-written file. ``python -m qlab.kernels.cpu.build`` builds it ahead of
 time (the README's set-up runs it). No ``-march=native``: the SIMD paths carry their own target attributes and
-are chosen at run time by cpuid, so one build runs on any x86-64 (or ARM) machine.
+are chosen at run time by cpuid, so one build runs on any x86-64 (or ARM) machine. The same source is also
+built, when Python's headers are present, as the CPython module ``qlab_pyfast`` (a cheaper gemm call).
 """
 
 from __future__ import annotations

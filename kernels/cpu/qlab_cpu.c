@@ -2,8 +2,10 @@
  * qlab CPU kernels: dot products of GGUF weight blocks with Q8 activation blocks, GEMV/GEMM over rows.
  *
  * Types (ggml ids):  Q4_0 (2) x Q8_0, Q8_0 (8) x Q8_0, Q4_K (12) x Q8_K, Q6_K (14) x Q8_K.
- * Paths: scalar (portable reference), AVX2+FMA+F16C, AVX-512 (F/BW/VL/VNNI) chosen at run time by cpuid,
- * NEON (Q4_0/Q8_0, compiled only under __ARM_NEON).
+ * Paths: scalar (portable reference), AVX2+FMA+F16C, AVX-512 (F/BW/VL/DQ/VNNI) chosen at run time by cpuid,
+ * NEON (Q4_0/Q8_0, compiled only under __ARM_NEON; cross-compiled with aarch64-linux-gnu-gcc 12, not run).
+ * QLAB_CPU_PATH (scalar/avx2/avx512/neon) forces a path when the caller asks for "auto" (0).
+ * With -DQLAB_PYEXT the same file is also the CPython module qlab_pyfast (at the end).
  *
  * One summation order for every path (and the same as ggml's AVX2 kernels): each block yields eight int32
  * "lanes" (lane l = exact integer sum over 4 consecutive bytes l of the 32-byte chunk, folded over the chunks

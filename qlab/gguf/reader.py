@@ -196,14 +196,19 @@ def load_gguf_model(path: str | os.PathLike, progress: bool = False, tokenizer=N
     return model, tokenizer
 
 
-def open_llama(path: str | os.PathLike, ctx: int = 512, n_threads: int | None = None):
-    """llama_cpp.Llama on a GGUF file with all logits and an fp32 KV cache, without ggml's extra CPU buffer types.
+def open_llama(path: str | os.PathLike, ctx: int = 512, n_threads: int | None = None, flash_attn: bool = False,
+               kv_type: str = "f32"):
+    """llama_cpp.Llama on a GGUF file with all logits and an fp32 KV cache (kv_type="f16" for llama.cpp's default),
+    flash attention off unless asked, without ggml's extra CPU buffer types.
 
     The extra buffer types include ggml's AMX path, which dies with SIGILL ("Illegal instruction") on machines whose
     CPU reports AMX but whose kernel/sandbox does not grant AMX tile state; the plain SIMD path is used instead."""
     import llama_cpp
     import llama_cpp.llama as llama_module
 
+    kv = {"f32": 0, "f16": 1}
+    if kv_type not in kv:
+        raise BadArgumentError(f"kv_type must be 'f32' or 'f16', got {kv_type!r}")
     default = llama_cpp.llama_model_default_params
 
     def params():
@@ -213,14 +218,36 @@ def open_llama(path: str | os.PathLike, ctx: int = 512, n_threads: int | None = 
 
     llama_module.llama_cpp.llama_model_default_params = params
     try:
-        return llama_cpp.Llama(str(path), logits_all=True, type_k=0, type_v=0, n_ctx=ctx, n_batch=ctx, n_ubatch=ctx,
-                               n_threads=n_threads or min(2, os.cpu_count() or 1), verbose=False)
+        return llama_cpp.Llama(str(path), logits_all=True, type_k=kv[kv_type], type_v=kv[kv_type], n_ctx=ctx,
+                               n_batch=ctx, n_ubatch=ctx, n_threads=n_threads or min(2, os.cpu_count() or 1),
+                               flash_attn=flash_attn, verbose=False)
     finally:
         llama_module.llama_cpp.llama_model_default_params = default
 
 
+def llama_cpp_logprobs(path: str | os.PathLike, ws: list[torch.Tensor], ctx: int = 512, n_threads: int | None = None,
+                       flash_attn: bool = False, kv_type: str = "f32") -> list[torch.Tensor]:
+    """llama.cpp's log-softmax predictions for tokens 1..len-1 of each window ([len-1, vocab] float32 each)."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as e:
+        raise ModelNotFoundError("llama-cpp-python is not installed: the llama.cpp cross-check is unavailable") from e
+    _open(path)  # clear errors for damaged files before llama.cpp sees them
+    llm = open_llama(path, ctx, n_threads, flash_attn=flash_attn, kv_type=kv_type)
+    out = []
+    try:
+        for w in ws:
+            llm.reset()
+            llm.eval(w.tolist())
+            out.append(torch.log_softmax(torch.from_numpy(np.array(llm.scores[: len(w) - 1], dtype=np.float32)), -1))
+    finally:
+        llm.close()
+    return out
+
+
 def llama_cpp_evaluate(path: str | os.PathLike, tokens: torch.Tensor, ctx: int = 512, reference=None,
-                       progress: bool = False, n_threads: int | None = None):
+                       progress: bool = False, n_threads: int | None = None, flash_attn: bool = False,
+                       kv_type: str = "f32"):
     """Perplexity of a GGUF file run by llama.cpp itself (llama-cpp-python logits, fp32 KV cache), under qlab's
     protocol (qlab.eval: non-overlapping ctx windows, all but each window's first token scored). With an
     Evaluator as reference, also KL(P_ref ‖ P_llama.cpp) and top-1 agreement on the same positions."""
@@ -231,30 +258,20 @@ def llama_cpp_evaluate(path: str | os.PathLike, tokens: torch.Tensor, ctx: int =
 
     from ..eval import EvalResult, windows
 
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as e:
-        raise ModelNotFoundError("llama-cpp-python is not installed: the llama.cpp cross-check is unavailable") from e
-    _open(path)  # clear errors for damaged files before llama.cpp sees them
     start = time.perf_counter()
     ws = windows(tokens, ctx) if reference is None else reference.windows
-    llm = open_llama(path, ctx, n_threads)
     nll = kl = agree = 0.0
     n = 0
-    try:
-        for k, w in enumerate(tqdm(ws, desc="llama.cpp", disable=not progress)):
-            llm.reset()
-            llm.eval(w.tolist())
-            logits = torch.from_numpy(np.array(llm.scores[: len(w) - 1], dtype=np.float32))
-            lp = torch.log_softmax(logits, dim=-1)
-            nll -= float(lp.gather(1, w[1:, None]).sum())
-            if reference is not None:
-                ref = reference.ref_logprobs[k]
-                kl += float((ref.exp() * (ref - lp)).sum())
-                agree += float((ref.argmax(-1) == lp.argmax(-1)).sum())
-            n += len(w) - 1
-    finally:
-        llm.close()
+    for k, w in enumerate(tqdm(ws, desc="llama.cpp", disable=not progress)):
+        lp = llama_cpp_logprobs(path, [w], ctx, n_threads, flash_attn, kv_type)[0] if len(ws) == 1 else None
+        if lp is None:
+            break
+        nll -= float(lp.gather(1, w[1:, None]).sum())
+        if reference is not None:
+            ref = reference.ref_logprobs[k]
+            kl += float((ref.exp() * (ref - lp)).sum())
+            agree += float((ref.argmax(-1) == lp.argmax(-1)).sum())
+        n += len(w) - 1
     extra = {} if reference is None else {"kl": kl / n, "top1": agree / n}
     return EvalResult(math.exp(nll / n), n, time.perf_counter() - start, ctx, **extra)
 

@@ -1,0 +1,231 @@
+"""qlab against llama.cpp: ggml's activation quantization emulated in float, and the perplexity agreement report.
+
+ggml's CPU matmul never multiplies float activations by quantized weights: it first converts each row of x to
+the weight type's ``vec_dot_type`` (ggml-cpu type traits) and multiplies integer blocks:
+
+    weights   F32 | F16 | Q4_0 Q5_0 Q8_0 | Q4_1 Q5_1 | Q2_K Q3_K Q4_K Q5_K Q6_K
+    x becomes F32 | F16 | Q8_0           | Q8_1      | Q8_K
+
+    Q8_0 / Q8_1, 32 values: d = fp16(max|x| / 127), q = rne(x · 127 / max|x|)       (quantize_row_q8_0, AVX2)
+    Q8_K, 256 values:       iscale = −127 / x[argmax|x|], q = min(127, rne(iscale · x)), d = 1 / iscale (float32)
+
+``ggml_activations(model, types)`` puts this round trip (x → q·d) in front of every nn.Linear; the float matmul
+with the dequantized weights then equals ggml's integer dot products up to float summation order. (Q8_1's sum
+field s = fp16(d·Σq), which ggml multiplies by Q4_1/Q5_1's block minimum, is taken as d·Σq unrounded.)
+
+Rounding is discontinuous, so two evaluations that differ only in float summation order round a few
+activations differently, and through 30 layers those flips grow into a different sample of the same noise:
+llama.cpp against itself (flash attention on/off, the same Q8_0 file) differs by KL ~4e-3 and ~0.6 % perplexity
+on 511 tokens, while on the F32 file the same switch moves perplexity by 0.006 %. One activation-quantized run is
+thus one draw from a distribution. ``jitter`` (seeded relative noise, default 1e-6 — float32 rounding size —
+on each Linear's input before rounding) draws more; ``llama_cpp_agreement`` compares qlab's mean over draws with
+llama.cpp's mean over its own settings, next to the plain float evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import BadArgumentError
+
+# the activation format of each weight type's dot product (ggml-cpu's type_traits_cpu[type].vec_dot_type)
+VEC_DOT_TYPE = {
+    "F32": "F32", "F16": "F16", "BF16": "BF16",
+    "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1",
+    "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
+}
+_BLOCK = {"Q8_0": 32, "Q8_1": 32, "Q8_K": 256}
+
+# llama.cpp context settings that change only the float arithmetic (summation order, softmax, KV precision)
+LLAMA_SETTINGS = {
+    "default": {},  # fp32 KV cache, no flash attention (qlab.gguf.reader.open_llama)
+    "flash_attn": {"flash_attn": True},
+    "kv_f16": {"kv_type": "f16"},
+}
+
+
+def activation_type(weight_type: str) -> str:
+    """The type ggml converts a matmul's activations to for weights of weight_type."""
+    try:
+        return VEC_DOT_TYPE[weight_type.upper()]
+    except KeyError:
+        raise BadArgumentError(f"no ggml activation type known for {weight_type!r}: one of "
+                               f"{', '.join(VEC_DOT_TYPE)}") from None
+
+
+def roundtrip_activations(x: torch.Tensor, act: str) -> torch.Tensor:
+    """x [..., K] float -> what ggml's matmul multiplies after converting x to act (Q8_0/Q8_1/Q8_K/F16/F32)."""
+    from qlab.kernels.cpu.fallback import q8_roundtrip  # the torch twin of ggml's from_float, tested against it
+
+    if act == "F32":
+        return x
+    if act in ("F16", "BF16"):
+        return x.to(torch.float16 if act == "F16" else torch.bfloat16).to(x.dtype)
+    if act not in _BLOCK:
+        raise BadArgumentError(f"unknown activation type {act!r}")
+    K = x.shape[-1]
+    if K % _BLOCK[act]:
+        raise BadArgumentError(f"{act} activations need rows of whole {_BLOCK[act]}-blocks, got {K}")
+    x2 = x.reshape(-1, K).to(torch.float32)
+    return q8_roundtrip(x2, "Q8_K" if act == "Q8_K" else "Q8_0").reshape(x.shape).to(x.dtype)
+
+
+def linear_weight_types(path: str | os.PathLike) -> dict[str, str]:
+    """{Hugging Face Linear name: GGML type of its weight in the file}; lm_head is output.weight, or the tied
+    token_embd.weight (llama.cpp multiplies by the embedding then)."""
+    from .reader import tensor_types
+    from .writer import hf_name
+
+    types = tensor_types(path)
+    out = {}
+    for g, t in types.items():
+        name = hf_name(g)
+        if name is not None and name != "model.embed_tokens.weight":
+            out[name.removesuffix(".weight")] = t
+    out["lm_head"] = types.get("output.weight", types.get("token_embd.weight", "F32"))
+    return out
+
+
+def _hook(act: str, jitter: float, gen: torch.Generator, module: nn.Module, args: tuple):
+    x = args[0]
+    if jitter:
+        x = x * (1 + jitter * torch.randn(x.shape, generator=gen, dtype=x.dtype))
+    return (roundtrip_activations(x, act), *args[1:])
+
+
+@contextmanager
+def ggml_activations(model: nn.Module, types: dict[str, str], jitter: float = 0.0, seed: int = 0) -> Iterator:
+    """Within the block, every nn.Linear of model rounds its input as ggml would for its weight type.
+
+    types: {Linear name: GGML weight type} (``linear_weight_types(path)``). jitter > 0 multiplies each input by
+    (1 + jitter·N(0, 1)) first (seeded), drawing another sample of the rounding noise."""
+    gen = torch.Generator().manual_seed(seed)
+    handles = []
+    try:
+        for name, mod in model.named_modules():
+            if not isinstance(mod, nn.Linear):
+                continue
+            if name not in types:
+                raise BadArgumentError(f"no GGML type given for the Linear {name!r}")
+            act = activation_type(types[name])
+            if act != "F32":
+                handles.append(mod.register_forward_pre_hook(partial(_hook, act, jitter if act in _BLOCK else 0.0,
+                                                                     gen)))
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class Agreement:
+    """Perplexities of one GGUF file: qlab float, qlab with ggml's activation rounding (one per draw), llama.cpp
+    (one per context setting); gaps are llama.cpp / qlab − 1 (means of log-perplexity over draws/settings)."""
+
+    ppl_float: float
+    ppl_ggml: list[float]
+    ppl_llama: dict[str, float]
+    kl_float: float = 0.0  # KL(P_qlab float ‖ P_llama.cpp default), per scored token
+    kl_ggml: list[float] = field(default_factory=list)  # KL(P_qlab ggml draw ‖ P_llama.cpp default)
+    kl_llama_self: dict[str, float] = field(default_factory=dict)  # KL(P_llama default ‖ P_llama setting)
+    tokens: int = 0
+
+    @staticmethod
+    def _gmean(xs) -> float:
+        xs = list(xs)
+        return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+    @property
+    def llama_mean(self) -> float:
+        return self._gmean(self.ppl_llama.values())
+
+    @property
+    def ggml_mean(self) -> float:
+        return self._gmean(self.ppl_ggml)
+
+    @property
+    def gap_float(self) -> float:
+        """llama.cpp (default settings) against qlab's float evaluation."""
+        return self.ppl_llama["default"] / self.ppl_float - 1
+
+    @property
+    def gap_ggml(self) -> float:
+        """llama.cpp's mean over settings against qlab's mean over activation-rounding draws."""
+        return self.llama_mean / self.ggml_mean - 1
+
+    @property
+    def llama_spread(self) -> float:
+        """max/min − 1 of llama.cpp's perplexities over its settings: how well llama.cpp agrees with itself."""
+        v = list(self.ppl_llama.values())
+        return max(v) / min(v) - 1
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"gap_float": self.gap_float, "gap_ggml": self.gap_ggml,
+                               "llama_spread": self.llama_spread}
+
+
+def _logprobs(model: nn.Module, ws) -> list[torch.Tensor]:
+    from ..eval import window_logprobs
+
+    return [window_logprobs(model, w) for w in ws]
+
+
+def _ppl(lps, ws) -> float:
+    nll = -sum(float(lp.gather(1, w[1:, None]).sum()) for lp, w in zip(lps, ws))
+    return math.exp(nll / sum(len(w) - 1 for w in ws))
+
+
+def _kl(a, b) -> float:
+    return sum(float((x.exp() * (x - y)).sum()) for x, y in zip(a, b)) / sum(len(x) for x in a)
+
+
+@torch.no_grad()
+def llama_cpp_agreement(path: str | os.PathLike, tokens: torch.Tensor, ctx: int = 512, draws: int = 3,
+                        settings: tuple[str, ...] = ("default", "flash_attn", "kv_f16"), jitter: float = 1e-6,
+                        model: nn.Module | None = None, progress: bool = False) -> Agreement:
+    """Perplexity of a GGUF file by qlab (float; ggml-rounded activations, `draws` seeded draws) and by llama.cpp
+    (each of `settings`, see LLAMA_SETTINGS), same tokens and protocol (qlab.eval windows).
+
+    model: the file already loaded by load_gguf_model (else it is loaded here). Draw 0 has no jitter."""
+    from tqdm.auto import tqdm
+
+    from ..eval import windows
+    from .reader import llama_cpp_logprobs, load_gguf_model
+
+    if draws < 1:
+        raise BadArgumentError(f"draws must be >= 1, got {draws}")
+    unknown = [s for s in settings if s not in LLAMA_SETTINGS]
+    if unknown or "default" not in settings:
+        raise BadArgumentError(f"settings must include 'default' and be among {list(LLAMA_SETTINGS)}, got {settings}")
+    ws = windows(tokens, ctx)
+    if model is None:
+        model, _ = load_gguf_model(path, tokenizer=False)
+    types = linear_weight_types(path)
+    bar = tqdm(total=1 + draws + len(settings), desc="llama.cpp agreement", disable=not progress)
+    lp_float = _logprobs(model, ws)
+    bar.update()
+    lp_llama = {}
+    for s in settings:
+        lp_llama[s] = llama_cpp_logprobs(path, ws, ctx, **LLAMA_SETTINGS[s])
+        bar.update()
+    ppl_g, kl_g = [], []
+    for k in range(draws):
+        with ggml_activations(model, types, jitter=jitter if k else 0.0, seed=k):
+            lp = _logprobs(model, ws)
+        ppl_g.append(_ppl(lp, ws))
+        kl_g.append(_kl(lp, lp_llama["default"]))
+        bar.update()
+    bar.close()
+    return Agreement(
+        ppl_float=_ppl(lp_float, ws), ppl_ggml=ppl_g, ppl_llama={s: _ppl(v, ws) for s, v in lp_llama.items()},
+        kl_float=_kl(lp_float, lp_llama["default"]), kl_ggml=kl_g,
+        kl_llama_self={s: _kl(lp_llama["default"], v) for s, v in lp_llama.items() if s != "default"},
+        tokens=sum(len(w) - 1 for w in ws))
