@@ -1,7 +1,7 @@
 """End to end on this CPU: decoding tokens/s and perplexity of the embedded model (SmolLM2-135M) with qlab's
 GGUF kernels (Q8_0, Q4_0, Q4_K) vs torch float32, and llama.cpp on GGUF files of the same weights.
 
-    python benchmarks/cpu_e2e.py [--threads 2] [--ppl-tokens 2048] [--no-llama]
+    python benchmarks/cpu_e2e.py [--threads 1] [--ppl-tokens 2048] [--no-llama]
 
 - qlab: swap_gguf_linears(model, qtype, lm_head_qtype="Q8_0") on the float (dithered) reference; Q4_K rows of
   576 inputs (q/k/v/o/gate/up) fall back to Q4_0, only down_proj (1536 inputs) is Q4_K.
@@ -83,7 +83,7 @@ def llama_cpp_row(path: Path, tokens: np.ndarray, prompt_ids: list[int], threads
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ppl-tokens", type=int, default=2048)
     ap.add_argument("--qtypes", default="Q8_0,Q4_0,Q4_K")
     ap.add_argument("--no-llama", action="store_true", help="skip the llama.cpp rows")

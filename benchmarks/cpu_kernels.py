@@ -12,7 +12,8 @@ Contenders for Y[M, N] = X[M, K] @ W^T:
 Timing: rounds that run qlab and ggml once each, interleaved, each on its own copy of the weights (the machine
 is shared: interleaving exposes both to the same load); torch is timed before them, alone (its 4-byte weights
 would flush the caches between the others' calls); "best" = the fastest round (the least disturbed), "median"
-too. Effective GB/s = weight bytes / best time. Writes benchmarks/results/cpu_kernels.json (atomically).
+too. Effective GB/s = weight bytes / best time. The per-call cost of qlab's gemm (a 4-row matrix) is recorded
+under machine.qlab_call_overhead_us. Writes benchmarks/results/cpu_kernels.json (atomically).
 """
 
 from __future__ import annotations
@@ -71,6 +72,22 @@ def time_interleaved(fns: dict, budget_s: float, max_rounds: int, min_rounds: in
     return ts
 
 
+def call_overhead_us(reps: int = 2000) -> dict:
+    """Per-call cost of qlab.kernels.cpu.gemm: the fastest of reps calls on a 4-row Q4_0 matrix (K = 576), whose
+    kernel work is ~0.1 us, with numpy and with torch inputs (torch's output tensor costs ~1.5 us more)."""
+    X = np.random.default_rng(3).standard_normal((1, 576)).astype(np.float32)
+    W = K.quantize_weights(np.random.default_rng(4).standard_normal((4, 576)).astype(np.float32), "Q4_0")
+    out = {}
+    for name, (w, x) in {"numpy": (W, X), "torch": (torch.from_numpy(W), torch.from_numpy(X))}.items():
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            K.gemm("Q4_0", w, x)
+            ts.append(time.perf_counter() - t0)
+        out[name] = round(min(ts) * 1e6, 2)
+    return out
+
+
 def run(shapes, Ms, threads, qtypes, budget_s: float, progress: bool = True) -> dict:
     try:
         import ggml_cpu_oracle
@@ -80,6 +97,9 @@ def run(shapes, Ms, threads, qtypes, budget_s: float, progress: bool = True) -> 
         print(f"ggml oracle unavailable ({e}); timing qlab and torch only", file=sys.stderr)
         oracle = None
     rows = []
+    overhead = call_overhead_us()
+    if progress:
+        print(f"per-call cost of qlab's gemm (K=576, N=4, M=1): {overhead} us", flush=True)
     for (Kd, N) in shapes:
         Wf = torch.randn(N, Kd)
         for M in Ms:
@@ -101,7 +121,7 @@ def run(shapes, Ms, threads, qtypes, budget_s: float, progress: bool = True) -> 
                         vd, ff = oracle.pointers(qt)
                         fns["ggml"] = lambda W=W2, qt=qt, vd=vd, ff=ff: K.gemm_foreign(vd, ff, qt, W, X, n_threads=th)
                     big = N * Kd >= 4096 * 4096
-                    ts = time_interleaved(fns, budget_s, max_rounds=30 if big else 200)
+                    ts = time_interleaved(fns, budget_s, max_rounds=100 if big else 300)
                     if oracle is not None:  # same answer, bit for bit (same summation order)
                         same = bool(np.array_equal(fns["qlab"](), fns["ggml"]()))
                     else:
@@ -132,7 +152,7 @@ def run(shapes, Ms, threads, qtypes, budget_s: float, progress: bool = True) -> 
     return {
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "paths": K.available_paths(),
                     "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, "qlab_call_overhead_us": overhead},
         "protocol": "interleaved rounds; best = fastest round; GB/s = weight bytes / best",
         "results": rows,
     }

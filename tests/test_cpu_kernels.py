@@ -375,3 +375,30 @@ def test_neon_path_cross_compiles():
     out = subprocess.run([cc, *FLAGS, "-Wall", "-Werror", str(source_dir() / "qlab_cpu.c"), "-o", "/dev/null", "-lm"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_thread_pool_under_concurrent_callers_and_fork(tmp_path):
+    """The persistent worker pool: concurrent callers (GIL released) and a forked child get the serial result."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "pool.py"
+    script.write_text(
+        "import os, sys, numpy as np\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "import qlab.kernels.cpu as K\n"
+        "rng = np.random.default_rng(0)\n"
+        "W = K.quantize_weights(rng.standard_normal((37, 256)).astype(np.float32), 'Q4_0')\n"
+        "X = rng.standard_normal((3, 256)).astype(np.float32)\n"
+        "ref = K.gemm('Q4_0', W, X, n_threads=1)\n"
+        "with ThreadPoolExecutor(4) as ex:\n"
+        "    outs = list(ex.map(lambda i: K.gemm('Q4_0', W, X, n_threads=2 + i % 3), range(200)))\n"
+        "assert all(np.array_equal(o, ref) for o in outs)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os._exit(0 if np.array_equal(K.gemm('Q4_0', W, X, n_threads=3), ref) else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "assert os.waitstatus_to_exitcode(status) == 0\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
