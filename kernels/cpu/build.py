@@ -1,11 +1,16 @@
 """Compile qlab's C kernels (qlab_cpu.c) into a shared library, cached by source hash, with the system compiler.
 
+qlab_cpu.c is one translation unit that #includes its parts (qlab_blocks.h, qlab_quantize.h, qlab_dot_*.h,
+qlab_rows_x86.h, qlab_dispatch.h, qlab_pool.h, qlab_gemm.h, qlab_probes.h); the cache key hashes every .c and .h
+file of this directory, so a change to any part gives a new build.
+
 The library is built once per source/compiler/flags combination into ``$QLAB_KERNEL_CACHE`` (default
 ``~/.cache/qlab/kernels/<hash>/``), written to a temporary file and moved into place atomically, so that
 concurrent processes never load a half-written file. ``python -m qlab.kernels.cpu.build`` builds it ahead of
 time (the README's set-up runs it). No ``-march=native``: the SIMD paths carry their own target attributes and
 are chosen at run time by cpuid, so one build runs on any x86-64 (or ARM) machine. The same source is also
-built, when Python's headers are present, as the CPython module ``qlab_pyfast`` (a cheaper gemm call).
+built, when Python's headers are present, as the CPython module ``qlab_pyfast`` (a cheaper gemm call): qlab_pyfast.c
+includes qlab_cpu.c whole and adds the module's entry point.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-SOURCES = ("qlab_cpu.c",)
-HEADERS = ("qlab_rows_x86.h",)
+SOURCES = ("qlab_cpu.c",)  # the library's one translation unit
+PYEXT_SOURCES = ("qlab_pyfast.c",)  # the CPython module's (it includes qlab_cpu.c)
 FLAGS = ("-O2", "-std=gnu11", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast-math", "-pthread")
 LIB_NAME = "libqlab_cpu.so"
 PYEXT_NAME = "qlab_pyfast"
@@ -33,6 +38,12 @@ class BuildError(RuntimeError):
 
 def source_dir() -> Path:
     return Path(__file__).resolve().parent
+
+
+def kernel_files() -> list[Path]:
+    """Every C source and header of the kernels (what the build key hashes), sorted by name."""
+    d = source_dir()
+    return sorted([*d.glob("*.c"), *d.glob("*.h")], key=lambda p: p.name)
 
 
 def compiler() -> str | None:
@@ -57,8 +68,9 @@ def cache_root() -> Path:
 def build_key(cc: str, extra_flags: tuple[str, ...] = ()) -> str:
     """Hash of the sources, flags, compiler and platform: a new key whenever any of them changes."""
     h = hashlib.sha256()
-    for name in SOURCES + HEADERS:
-        h.update((source_dir() / name).read_bytes())
+    for path in kernel_files():
+        h.update(path.name.encode() + b"\0")
+        h.update(path.read_bytes())
     h.update(" ".join(FLAGS + tuple(extra_flags)).encode())
     h.update(cc.encode())
     h.update(platform.machine().encode())
@@ -71,7 +83,7 @@ def library_path() -> Path | None:
     return None if cc is None else cache_root() / build_key(cc) / LIB_NAME
 
 
-def _compile(extra_flags: tuple[str, ...], name: str, force: bool, verbose: bool) -> Path:
+def _compile(sources: tuple[str, ...], extra_flags: tuple[str, ...], name: str, force: bool, verbose: bool) -> Path:
     cc = compiler()
     if cc is None:
         raise BuildError("no C compiler found (install gcc or clang, or set CC)")
@@ -81,7 +93,7 @@ def _compile(extra_flags: tuple[str, ...], name: str, force: bool, verbose: bool
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".so", dir=out.parent)
     os.close(fd)
-    cmd = [cc, *FLAGS, *extra_flags, *[str(source_dir() / s) for s in SOURCES], "-o", tmp, "-lm"]
+    cmd = [cc, *FLAGS, *extra_flags, *[str(source_dir() / s) for s in sources], "-o", tmp, "-lm"]
     if verbose:
         print(" ".join(cmd), file=sys.stderr)
     try:
@@ -100,7 +112,7 @@ def build(force: bool = False, verbose: bool = False, extra_flags: tuple[str, ..
 
     extra_flags: e.g. ("-DQLAB_NO_SIMD",) builds the portable scalar-only library (what a CPU without SIMD
     paths, or a compiler without intrinsics, gets), cached separately."""
-    return _compile(tuple(extra_flags), LIB_NAME, force, verbose)
+    return _compile(SOURCES, tuple(extra_flags), LIB_NAME, force, verbose)
 
 
 def python_include() -> str | None:
@@ -110,13 +122,13 @@ def python_include() -> str | None:
 
 
 def build_pyext(force: bool = False, verbose: bool = False) -> Path:
-    """The same sources built as the CPython module ``qlab_pyfast`` (-DQLAB_PYEXT): gemm() called without
+    """The same kernels built as the CPython module ``qlab_pyfast`` (qlab_pyfast.c, -DQLAB_PYEXT): gemm() called without
     ctypes' per-call cost. Raises BuildError without a compiler or without Python's headers."""
     inc = python_include()
     if inc is None:
         raise BuildError("Python's C headers (Python.h) are not installed")
     suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    return _compile(("-DQLAB_PYEXT", f"-I{inc}"), PYEXT_NAME + suffix, force, verbose)
+    return _compile(PYEXT_SOURCES, ("-DQLAB_PYEXT", f"-I{inc}"), PYEXT_NAME + suffix, force, verbose)
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 /*
- * Multi-row x86 kernels, included twice by qlab_cpu.c: once for AVX2 (QR_VNNI 0) and once for AVX-512
+ * Multi-row x86 kernels, included twice: by qlab_dot_avx2.h for AVX2 (QR_VNNI 0) and by qlab_dot_avx512.h for AVX-512
  * (QR_VNNI 1: VNNI dpbusd on 256-bit EVEX registers). R rows (4 or 1) are processed together so that R
  * independent fma chains hide the latency of each row's strictly ordered float accumulation; the integer
  * lanes and the float order of every row are those of the scalar path.
@@ -83,7 +83,7 @@ QR_ATTR static inline __attribute__((always_inline)) void QR(q8_0_rows)(const ui
 
 /* Q4_K: per 64-weight chunk, low nibbles x scale 2j and high nibbles x scale 2j+1 by maddubs + madd; mins
  * against the pairwise sums of the Q8_K block sums, in four float lanes. (The AVX-512 path normally runs
- * q4_K_rows4_avx512v of qlab_cpu.c instead: 512-bit, four rows' scales unpacked together, VNNI dpwssd.) */
+ * q4_K_rows4_avx512v of qlab_dot_avx512.h instead: 512-bit, four rows' scales unpacked together, VNNI dpwssd.) */
 QR_ATTR static inline __attribute__((always_inline)) void QR(q4_K_rows)(const uint8_t *x0, int64_t rb,
                                                                         const bq8_K *y, int64_t nb, int R, float *out) {
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
