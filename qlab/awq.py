@@ -10,6 +10,8 @@ search to minimise the output error of the quantized group
 
 (α = 0 is plain RTN, so the search can only match or beat it on the calibration data). Then each weight
 group's range is shrunk (clipped) by the factor that minimises that group's share of the output error.
+objective="module" measures L(α) at the output of the attention (q/k/v) or MLP (gate/up) instead, as AutoAWQ
+does (`qlab.awq_inspect`); clip_independent searches the two ends of each group's range separately.
 
 This module: activation statistics (mean |x| and the Gram matrix H = XᵀX/T, which the optional GPTQ step reuses)
 and the block quantizer. The searches are in `qlab.awq_search`, the folding in `qlab.awq_fold`.
@@ -180,14 +182,17 @@ class AWQQuantizer:
     Statistics come from the block's calibration inputs. The scales are folded in place into the block's norms
     and the Linears preceding down_proj and o_proj, so the returned QuantizedTensors describe the *scaled*
     weights of the folded model. With holdout > 0 the last fraction of calibration samples is kept out of the
-    searches and used only to measure the errors reported in `self.records`."""
+    searches and used only to measure the errors reported in `self.records`.
+    Defaults measured on the embedded model (3-bit g64, benchmarks/results/awq_ablation.json): clipping every Linear
+    (AutoAWQ leaves q/k alone) with two-sided factors lifted AWQ most; objective="module" and duo_scaling did not
+    help beyond calibration noise."""
 
     def __init__(
         self, bits: int = 4, group_size: int | str | None = 128, symmetric: bool = False,
         alpha_grid: int | Sequence[float] = 20, clip: bool = True, then: str = "rtn",
-        clip_grid: int = 20, max_shrink: float = 0.5, clip_skip: Sequence[str] = ("q_proj", "k_proj"),
+        clip_grid: int = 20, max_shrink: float = 0.5, clip_skip: Sequence[str] = (),
         damp: float = 0.01, holdout: float = 0.0, duo_scaling: bool = False, objective: str = "linear",
-        probe_tokens: int = 4096, progress: bool = False,
+        probe_tokens: int = 2048, clip_independent: bool = True, progress: bool = False,
     ) -> None:
         check_bits(bits)
         if objective not in ("linear", "module"):
@@ -205,7 +210,7 @@ class AWQQuantizer:
         self.alpha_grid, self.clip, self.then = alpha_grid, clip, then
         self.clip_grid, self.max_shrink, self.clip_skip = clip_grid, max_shrink, tuple(clip_skip)
         self.damp, self.holdout, self.progress, self.duo_scaling = damp, holdout, progress, duo_scaling
-        self.objective, self.probe_tokens = objective, probe_tokens
+        self.objective, self.probe_tokens, self.clip_independent = objective, probe_tokens, clip_independent
         self.records: list[GroupRecord] = []
         # the last block's scaled float weights (what each QuantizedTensor approximates), by full name
         self.float_weights: dict[str, torch.Tensor] = {}
@@ -216,7 +221,8 @@ class AWQQuantizer:
         return {"method": "awq", "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
                 "alpha_grid": self.alpha_grid if isinstance(self.alpha_grid, int) else list(self.alpha_grid),
                 "clip": self.clip, "then": self.then, "duo_scaling": self.duo_scaling, "objective": self.objective,
-                "probe_tokens": self.probe_tokens}
+                "probe_tokens": self.probe_tokens, "clip_independent": self.clip_independent,
+                "clip_skip": list(self.clip_skip)}
 
     def describe(self) -> str:
         kind = "sym" if self.symmetric else "asym"
@@ -365,7 +371,7 @@ class AWQQuantizer:
             t0 = time.perf_counter()
             if self.clip and not any(n == k or n.endswith("." + k) for k in self.clip_skip):
                 cs = awq_search_clip(W, H_s, self.bits, self.group_size, self.symmetric, self.clip_grid,
-                                     self.max_shrink)
+                                     self.max_shrink, self.clip_independent)
                 W = apply_clip(W, cs.ratio, resolve_group_size(self.group_size, W.shape[1])[0])
             self.seconds["clip_search"] += time.perf_counter() - t0
             t0 = time.perf_counter()

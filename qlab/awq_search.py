@@ -204,18 +204,20 @@ def shrink_values(clip_grid: int = 20, max_shrink: float = 0.5) -> torch.Tensor:
 
 
 def apply_clip(W: torch.Tensor, ratio: torch.Tensor, group_size: int | str | None) -> torch.Tensor:
-    """Clamp each group of W [N, K] to [r·min, r·max] of its own range, r = ratio[n, g]."""
+    """Clamp each group of W [N, K] to [r·min, r·max] of its own range, r = ratio[n, g]; a ratio [N, G, 2] gives
+    the two ends their own factors: [r_lo·min, r_hi·max]."""
     N, K = W.shape
     gs, _ = resolve_group_size(group_size, K)
     Wg = W.float().reshape(N, K // gs, gs)
-    r = ratio.float().reshape(N, K // gs, 1)
-    lo, hi = Wg.amin(-1, keepdim=True) * r, Wg.amax(-1, keepdim=True) * r
+    r = ratio.float().reshape(N, K // gs, -1)
+    r_lo, r_hi = r[..., :1], r[..., -1:]
+    lo, hi = Wg.amin(-1, keepdim=True) * r_lo, Wg.amax(-1, keepdim=True) * r_hi
     return torch.maximum(torch.minimum(Wg, hi), lo).reshape(N, K)
 
 
 @dataclass
 class ClipSearch:
-    ratio: torch.Tensor  # [N, G] chosen range factor of each (row, group)
+    ratio: torch.Tensor  # [N, G] chosen range factor of each (row, group); [N, G, 2] (lower, upper) if independent
     shrinks: torch.Tensor  # factors tried
     curve: torch.Tensor  # block-diagonal output error if every group used the same factor, per factor
     err_before: float  # block-diagonal error at factor 1
@@ -230,11 +232,13 @@ def awq_search_clip(
     symmetric: bool = False,
     clip_grid: int = 20,
     max_shrink: float = 0.5,
+    independent: bool = False,
 ) -> ClipSearch:
     """For each row n and weight group g pick r minimising e_ngᵀ·H_gg·e_ng, e_ng = w_ng − Q(clamp(w_ng, r·min, r·max)).
 
     That is each group's own share of the output error ‖ΔW·X‖²/T (H_gg: the group's diagonal block of H); W and
-    H in the same (scaled) coordinates."""
+    H in the same (scaled) coordinates. independent: search the lower and upper factors separately (all pairs
+    of the grid; an asymmetric grid's range need not shrink evenly at both ends)."""
     N, K = W.shape
     gs, _ = resolve_group_size(group_size, K)
     G = K // gs
@@ -242,14 +246,17 @@ def awq_search_clip(
     idx = torch.arange(G)
     Hb = H.float().reshape(G, gs, G, gs)[idx, :, idx, :]  # [G, gs, gs] diagonal blocks
     shrinks = shrink_values(clip_grid, max_shrink)
-    errs = torch.empty(len(shrinks), N, G, dtype=torch.float64)
-    for i, r in enumerate(shrinks.tolist()):
-        ratio = torch.full((N, G), r)
+    pairs = ([(lo, hi) for lo in shrinks.tolist() for hi in shrinks.tolist()] if independent
+             else [(r, r) for r in shrinks.tolist()])  # pairs[0] = (1, 1): no clipping
+    errs = torch.empty(len(pairs), N, G, dtype=torch.float64)
+    for i, pair in enumerate(pairs):
+        ratio = torch.tensor(pair).expand(N, G, 2)
         E = (Wf - fake_quantize(apply_clip(Wf, ratio, gs), bits, gs, symmetric)).reshape(N, G, gs)
         EH = torch.bmm(E.transpose(0, 1), Hb)  # [G, N, gs]
         errs[i] = (EH * E.transpose(0, 1)).sum(-1).T.double()
     best = errs.argmin(0)  # [N, G]
-    ratio = shrinks[best]
-    curve = errs.sum((1, 2))
+    chosen = torch.tensor(pairs)[best]  # [N, G, 2]
+    ratio = chosen if independent else chosen[..., 0]
+    curve = errs[[pairs.index((r, r)) for r in shrinks.tolist()]].sum((1, 2))  # one shared factor everywhere
     err_after = float(errs.gather(0, best[None]).sum())
     return ClipSearch(ratio, shrinks, curve, float(curve[0]), err_after)

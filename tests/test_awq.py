@@ -257,6 +257,30 @@ def test_clip_search_matches_naive_per_group_search():
     assert torch.equal(apply_clip(W, torch.ones(6, 4), gs), W)
 
 
+def test_independent_clip_search_matches_naive_pair_search():
+    X, W = salient_data(T=256, K=16, N=4)
+    gs = 8
+    W[:, 0] += 3.0  # lopsided groups: the best lower and upper factors differ
+    H = X.T @ X / len(X)
+    cs = awq_search_clip(W, H, bits=3, group_size=gs, clip_grid=8, max_shrink=0.5, independent=True)
+    shared = awq_search_clip(W, H, bits=3, group_size=gs, clip_grid=8, max_shrink=0.5)
+    assert cs.ratio.shape == (4, 2, 2)
+    for n in range(W.shape[0]):  # naive: every (lower, upper) pair with the actual inputs
+        for g in range(W.shape[1] // gs):
+            w, x = W[n, g * gs:(g + 1) * gs], X[:, g * gs:(g + 1) * gs]
+            best, arg = float("inf"), None
+            for lo in cs.shrinks.tolist():
+                for hi in cs.shrinks.tolist():
+                    q = quantize_affine(w.clamp(lo * w.min(), hi * w.max())[None], 3, gs).dequantize()[0]
+                    e = float(((x.double() @ (w - q).double()) ** 2).sum())
+                    if e < best:
+                        best, arg = e, (lo, hi)
+            assert tuple(cs.ratio[n, g].tolist()) == pytest.approx(arg)
+    assert cs.err_after <= shared.err_after + 1e-9  # the shared factors are among the pairs
+    assert torch.allclose(cs.curve, shared.curve)
+    assert torch.equal(apply_clip(W, torch.ones(4, 2, 2), gs), W)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # folding and the block quantizer
 
@@ -409,7 +433,8 @@ def test_embedded_model_awq_beats_rtn_on_held_out_groups(embedded):
     ids = calibration_batches(tok, "wiki", n_samples=8, seqlen=128, seed=3)
     for bits in (3, 4):
         m = copy.deepcopy(model)
-        q = AWQQuantizer(bits=bits, group_size=64, holdout=0.25)
+        # the cheaper searches (the default module objective and two-sided clip are tested on the toy model)
+        q = AWQQuantizer(bits=bits, group_size=64, holdout=0.25, objective="linear", clip_independent=False)
         inputs = capture_block_inputs(m, ids)
         for i, block in enumerate(decoder_blocks(m)[:3]):
             if bits == 3 and i == 0:  # scaled but not quantized: the model computes the same logits

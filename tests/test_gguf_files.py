@@ -295,22 +295,37 @@ def test_reads_llama_cpp_embedded_q4_1_file(embedded):
 def test_llama_cpp_perplexity_agrees(embedded, tmp_path):
     """llama.cpp runs qlab's files; its perplexity matches qlab's evaluation of the same dequantized weights.
 
-    F32 within 0.5 %; quantized files within 2 %: ggml quantizes the activations to 8 bits inside every
-    quantized matmul (Q8_0 included: measured 0.5-1 % on this small model), transformers does not."""
+    Float comparison (transformers, float matmuls): F32 within 0.5 %; quantized files within 2 %: ggml rounds the
+    activations to 8 bits inside every quantized matmul (Q8_0 included: 0.5-1 % on this small model).
+    ggml-rounded comparison (qlab.gguf.crosscheck): qlab applies ggml's activation rounding; since the rounding is
+    discontinuous, each run is one draw of a noise that llama.cpp itself re-draws when only its float order
+    changes (flash attention on/off), so means over draws are compared: Q8_0 within 0.5 % on 2,048 tokens."""
     from qlab.data import eval_tokens
     from qlab.eval import perplexity
+    from qlab.gguf.crosscheck import llama_cpp_agreement
     from qlab.gguf.reader import llama_cpp_evaluate
 
     model, tok = embedded
     tokens = eval_tokens(tok, "wiki", max_tokens=512)
+    self_kl = {}
     for qtype, tol in [("F32", 0.005), ("Q8_0", 0.02), ("Q4_0", 0.02)]:
         path = export_gguf(model, tok, tmp_path / f"m-{qtype}.gguf", qtype, progress=False)
         ours, _ = load_gguf_model(path, tokenizer=tok)
         p_qlab = perplexity(ours, tokens, progress=False).perplexity
-        del ours
         p_llama = llama_cpp_evaluate(path, tokens).perplexity
         assert abs(p_llama / p_qlab - 1) < tol, (qtype, p_qlab, p_llama)
+        if qtype in ("F32", "Q8_0"):
+            a = llama_cpp_agreement(path, eval_tokens(tok, "wiki", max_tokens=2048 if qtype == "Q8_0" else 512),
+                                    draws=2, settings=("default", "flash_attn"), model=ours)
+            self_kl[qtype] = a.kl_llama_self["flash_attn"]
+            if qtype == "F32":  # no rounding anywhere: llama.cpp agrees with itself and with qlab
+                assert a.llama_spread < 5e-4 and abs(a.gap_ggml) < 0.005 and a.ppl_ggml[0] == a.ppl_float, a
+            else:  # the issue's 0.5 % for Q8_0, once qlab rounds activations as ggml does
+                assert abs(a.gap_ggml) < 0.005, a
+        del ours
         path.unlink()
+    # activation rounding makes llama.cpp's own float-order changes visible: >100x the F32 file's
+    assert self_kl["Q8_0"] > 100 * max(self_kl["F32"], 1e-9), self_kl
 
 
 def test_block_fields_decode_legacy_blocks():
@@ -334,3 +349,132 @@ def test_block_fields_decode_legacy_blocks():
         np.testing.assert_allclose(formula(fields), ref, atol=1e-6, err_msg=qtype)
     with pytest.raises(BadArgumentError):
         block_fields(raw[:10], "Q8_0")
+
+
+# ---------------------------------------------------------------- llama.cpp's arithmetic: activation rounding
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+                                   "Q6_K"])
+def test_ggml_activation_rounding_matches_ggml_matmul(qtype):
+    """A Linear under ggml_activations equals ggml's own matmul arithmetic (its CPU type traits: from_float of
+    the vec_dot_type, then vec_dot), not the float product of the dequantized weights."""
+    import ctypes
+
+    import ggml_cpu_oracle
+    import ggml_oracle
+
+    from qlab.gguf import dequantize, quantize
+    from qlab.gguf.crosscheck import activation_type, ggml_activations
+
+    cpu, base = ggml_cpu_oracle.require(), ggml_oracle.require()
+    act = activation_type(qtype)
+    assert cpu.traits(qtype).vec_dot_type == ggml_oracle.GGML_TYPE_IDS[act]  # qlab's table is ggml's
+    rng = np.random.default_rng(0)
+    K, N, M = 512, 8, 3
+    W = rng.standard_normal((N, K)).astype(np.float32)
+    X = (rng.standard_normal((M, K)) * np.exp(rng.standard_normal(K))).astype(np.float32)  # uneven channels
+    if qtype == "F16":
+        Wq, W_hat = W.astype(np.float16).view(np.uint8).reshape(-1), W.astype(np.float16).astype(np.float32)
+    else:
+        Wq = quantize(W, qtype)
+        W_hat = dequantize(Wq, qtype, W.shape)
+    Wq = Wq.reshape(N, -1)
+    xq = np.zeros((M, base.row_size(act, K)), dtype=np.uint8)
+    for m in range(M):
+        ggml_cpu_oracle.FROM_FLOAT(cpu.traits(act).from_float)(np.ascontiguousarray(X[m]).ctypes.data,
+                                                               xq[m].ctypes.data, K)
+    vec_dot = ggml_cpu_oracle.VEC_DOT(cpu.traits(qtype).vec_dot)
+    y_ggml = np.zeros((M, N), dtype=np.float32)
+    s = ctypes.c_float()
+    for m in range(M):
+        for n in range(N):
+            w, x = np.ascontiguousarray(Wq[n]), np.ascontiguousarray(xq[m])
+            vec_dot(K, ctypes.byref(s), 0, w.ctypes.data, 0, x.ctypes.data, 0, 1)
+            y_ggml[m, n] = s.value
+    lin = torch.nn.Linear(K, N, bias=False)
+    lin.weight.data = torch.from_numpy(W_hat)
+    with torch.no_grad(), ggml_activations(lin, {"": qtype}):
+        y = lin(torch.from_numpy(X)).numpy()
+    y_float = X @ W_hat.T
+    scale = np.abs(X) @ np.abs(W_hat).T
+    err, err_float = np.abs(y - y_ggml) / scale, np.abs(y_float - y_ggml) / scale
+    # Q8_1's sum field s = fp16(d * sum q) is not emulated (Q4_1/Q5_1): a residual well below the rounding effect
+    assert err.max() < (2e-4 if act == "Q8_1" else 2e-6), (qtype, err.max(), err_float.max())
+    assert err.max() < err_float.max() / 10, (qtype, err.max(), err_float.max())
+    with torch.no_grad():  # the hooks are gone after the block
+        np.testing.assert_allclose(lin(torch.from_numpy(X)).numpy(), y_float, rtol=1e-5, atol=1e-5)
+
+
+def test_ggml_activations_bad_input():
+    from qlab.gguf.crosscheck import activation_type, ggml_activations, roundtrip_activations
+
+    lin = torch.nn.Linear(64, 4)
+    with pytest.raises(BadArgumentError):
+        with ggml_activations(lin, {}):
+            pass
+    with pytest.raises(BadArgumentError):
+        activation_type("Q7_K")
+    with pytest.raises(BadArgumentError):
+        roundtrip_activations(torch.ones(2, 48), "Q8_0")
+    x = torch.randn(2, 64)
+    assert torch.equal(roundtrip_activations(x, "F32"), x)
+
+
+# ---------------------------------------------------------------- SentencePiece-style (llama) tokenizers
+
+
+def _spm_tokenizer():
+    """A Llama-2-style tokenizer built offline: "▁" for spaces (one prepended), BPE with byte fallback, the 256
+    byte tokens <0x00>..<0xFF> in the vocabulary right after <unk> <s> </s>."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    norm = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    text = ["The quick brown fox jumps over the lazy dog.", "Once upon a time there was a cat that sat on the mat.",
+            "It was warm, so the cat slept; the dog did not."] * 20
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = norm
+    bpe.train_from_iterator(text, trainers.BpeTrainer(vocab_size=150, show_progress=False))
+    trained = json.loads(bpe.to_str())["model"]
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2} | {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(t, len(vocab))
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tk.normalizer = norm
+    tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                    decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@needs_llama
+def test_llama_spm_tokenizer_loaded_by_llama_cpp(tmp_path):
+    """qlab writes a byte-fallback BPE tokenizer as tokenizer.ggml.model = "llama"; llama.cpp loads the model and
+    tokenizes texts (unseen words, accents, CJK and emoji through byte fallback) exactly as Hugging Face does."""
+    from qlab.gguf.reader import open_llama
+
+    tok = _spm_tokenizer()
+    model = _tiny(tok, 64, 128, 2, 4, 2, tied=True, seed=3)
+    path = export_gguf(model, tok, tmp_path / "spm.gguf", "Q8_0", progress=False)
+    meta = read_metadata(path)
+    assert meta["tokenizer.ggml.model"] == "llama"
+    types = meta["tokenizer.ggml.token_type"]
+    assert types[3 + 0x41] == 6 and types[0] == 2 and types[1] == 3  # BYTE, UNKNOWN, CONTROL
+    assert meta["tokenizer.ggml.add_space_prefix"] is True
+    llm = open_llama(path, 64)
+    try:
+        for text in ["The quick brown fox sat on the mat.", "Hello  world, it was warm!", "café déjà vu",
+                     "漢字 and emoji 🦙 too", "  leading spaces\nnew line\ttab", "x"]:
+            want = tok.encode(text, add_special_tokens=False)
+            got = llm.tokenize(text.encode(), add_bos=False, special=False)
+            assert got == want, (text, got, want)
+        llm.reset()
+        llm.eval(tok.encode("The cat sat", add_special_tokens=False))  # it runs
+        ids = torch.tensor([tok.encode("The cat sat", add_special_tokens=False)])
+        with torch.no_grad():
+            ref = model(ids).logits[0]
+        got = torch.from_numpy(np.array(llm.scores[: ids.shape[1]], dtype=np.float32))
+        assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.5
+    finally:
+        llm.close()

@@ -13,13 +13,15 @@ the weight type's ``vec_dot_type`` (ggml-cpu type traits) and multiplies integer
 with the dequantized weights then equals ggml's integer dot products up to float summation order. (Q8_1's sum
 field s = fp16(d·Σq), which ggml multiplies by Q4_1/Q5_1's block minimum, is taken as d·Σq unrounded.)
 
-Rounding is discontinuous, so two evaluations that differ only in float summation order round a few
-activations differently, and through 30 layers those flips grow into a different sample of the same noise:
-llama.cpp against itself (flash attention on/off, the same Q8_0 file) differs by KL ~4e-3 and ~0.6 % perplexity
-on 511 tokens, while on the F32 file the same switch moves perplexity by 0.006 %. One activation-quantized run is
-thus one draw from a distribution. ``jitter`` (seeded relative noise, default 1e-6 — float32 rounding size —
-on each Linear's input before rounding) draws more; ``llama_cpp_agreement`` compares qlab's mean over draws with
-llama.cpp's mean over its own settings, next to the plain float evaluation.
+Rounding is discontinuous, so two evaluations that differ only in float summation order (1e-7 relative) round
+a few activations differently; each flip moves an input by a whole rounding step, far more than the float
+difference that caused it, so flips multiply layer by layer until the two runs' rounding errors are unrelated.
+llama.cpp shows it against itself: the same Q8_0 file with flash attention on/off differs by KL ~4e-3 and up to
+~0.6 % perplexity on 511 tokens, while on the F32 file the same switch moves perplexity by 0.006 %. One
+activation-rounded run is thus one draw from a distribution. ``jitter`` (seeded relative noise, default 1e-6,
+float32 rounding size, on each Linear's input before rounding) draws more; ``llama_cpp_agreement`` compares
+qlab's mean over draws with llama.cpp's mean over its own settings, next to the plain float evaluation
+(benchmarks/gguf_agreement.py records both on 2,048 tokens).
 """
 
 from __future__ import annotations
@@ -172,19 +174,13 @@ class Agreement:
                                "llama_spread": self.llama_spread}
 
 
-def _logprobs(model: nn.Module, ws) -> list[torch.Tensor]:
-    from ..eval import window_logprobs
-
-    return [window_logprobs(model, w) for w in ws]
+def _nll(lp: torch.Tensor, w: torch.Tensor) -> float:
+    return -float(lp.gather(1, w[1:, None]).sum())
 
 
-def _ppl(lps, ws) -> float:
-    nll = -sum(float(lp.gather(1, w[1:, None]).sum()) for lp, w in zip(lps, ws))
-    return math.exp(nll / sum(len(w) - 1 for w in ws))
-
-
-def _kl(a, b) -> float:
-    return sum(float((x.exp() * (x - y)).sum()) for x, y in zip(a, b)) / sum(len(x) for x in a)
+def _kl(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Summed KL(P_a ‖ P_b) over the positions of a window."""
+    return float((a.exp() * (a - b)).sum())
 
 
 @torch.no_grad()
@@ -197,7 +193,7 @@ def llama_cpp_agreement(path: str | os.PathLike, tokens: torch.Tensor, ctx: int 
     model: the file already loaded by load_gguf_model (else it is loaded here). Draw 0 has no jitter."""
     from tqdm.auto import tqdm
 
-    from ..eval import windows
+    from ..eval import window_logprobs, windows
     from .reader import llama_cpp_logprobs, load_gguf_model
 
     if draws < 1:
@@ -206,26 +202,31 @@ def llama_cpp_agreement(path: str | os.PathLike, tokens: torch.Tensor, ctx: int 
     if unknown or "default" not in settings:
         raise BadArgumentError(f"settings must include 'default' and be among {list(LLAMA_SETTINGS)}, got {settings}")
     ws = windows(tokens, ctx)
+    types = linear_weight_types(path)
     if model is None:
         model, _ = load_gguf_model(path, tokenizer=False)
-    types = linear_weight_types(path)
-    bar = tqdm(total=1 + draws + len(settings), desc="llama.cpp agreement", disable=not progress)
-    lp_float = _logprobs(model, ws)
-    bar.update()
-    lp_llama = {}
-    for s in settings:
-        lp_llama[s] = llama_cpp_logprobs(path, ws, ctx, **LLAMA_SETTINGS[s])
-        bar.update()
-    ppl_g, kl_g = [], []
-    for k in range(draws):
-        with ggml_activations(model, types, jitter=jitter if k else 0.0, seed=k):
-            lp = _logprobs(model, ws)
-        ppl_g.append(_ppl(lp, ws))
-        kl_g.append(_kl(lp, lp_llama["default"]))
-        bar.update()
-    bar.close()
+    llama = {s: llama_cpp_logprobs(path, ws, ctx, **LLAMA_SETTINGS[s]) for s in settings}  # one context each
+    nll_f = kl_f = 0.0
+    nll_l = dict.fromkeys(settings, 0.0)
+    kl_l = dict.fromkeys(settings, 0.0)
+    nll_g, kl_g = [0.0] * draws, [0.0] * draws
+    for i, w in enumerate(tqdm(ws, desc="llama.cpp agreement", disable=not progress)):
+        lp_l = {s: next(g) for s, g in llama.items()}
+        ref = lp_l["default"]
+        for s, lp in lp_l.items():
+            nll_l[s] += _nll(lp, w)
+            kl_l[s] += _kl(ref, lp)
+        lp = window_logprobs(model, w)
+        nll_f, kl_f = nll_f + _nll(lp, w), kl_f + _kl(lp, ref)
+        for k in range(draws):
+            with ggml_activations(model, types, jitter=jitter if k else 0.0, seed=1000 * k + i):
+                lp = window_logprobs(model, w)
+            nll_g[k] += _nll(lp, w)
+            kl_g[k] += _kl(lp, ref)
+    for g in llama.values():
+        g.close()
+    n = sum(len(w) - 1 for w in ws)
     return Agreement(
-        ppl_float=_ppl(lp_float, ws), ppl_ggml=ppl_g, ppl_llama={s: _ppl(v, ws) for s, v in lp_llama.items()},
-        kl_float=_kl(lp_float, lp_llama["default"]), kl_ggml=kl_g,
-        kl_llama_self={s: _kl(lp_llama["default"], v) for s, v in lp_llama.items() if s != "default"},
-        tokens=sum(len(w) - 1 for w in ws))
+        ppl_float=math.exp(nll_f / n), ppl_ggml=[math.exp(x / n) for x in nll_g],
+        ppl_llama={s: math.exp(x / n) for s, x in nll_l.items()}, kl_float=kl_f / n, kl_ggml=[x / n for x in kl_g],
+        kl_llama_self={s: x / n for s, x in kl_l.items() if s != "default"}, tokens=n)

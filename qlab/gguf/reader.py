@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import os
 import struct
+from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from ..errors import FileFormatError, ModelNotFoundError, QlabError
+from ..errors import BadArgumentError, FileFormatError, ModelNotFoundError, QlabError
 from .writer import hf_name
 
 _MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, smallest value
@@ -40,11 +42,24 @@ def _check_header(path: Path) -> None:
 
 
 def _open(path: str | os.PathLike):
-    import gguf
+    """The checked GGUFReader of a file; parsed once per file version (a 49k-token vocabulary takes seconds to
+    parse): cached on path, inode, size, mtime and a checksum of the first 4 MB (header, metadata, tensor infos)."""
+    import zlib
 
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"no GGUF file at {path}")
+    st = path.stat()
+    with open(path, "rb") as f:
+        crc = zlib.crc32(f.read(1 << 22))
+    return _open_parsed(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, crc)
+
+
+@lru_cache(maxsize=8)
+def _open_parsed(path_str: str, ino: int, size: int, mtime_ns: int, crc: int):
+    import gguf
+
+    path = Path(path_str)
     _check_header(path)
     try:
         reader = gguf.GGUFReader(str(path), "r")
@@ -191,7 +206,7 @@ def load_gguf_model(path: str | os.PathLike, progress: bool = False, tokenizer=N
     model.tie_weights()
     model.eval()
     model.qlab_description = f"{path.name} (GGUF {meta.get('general.file_type')}, dequantized by qlab to float32)"
-    if tokenizer is None:
+    if tokenizer is None:  # tokenizer=False: no tokenizer wanted
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     return model, tokenizer
 
@@ -226,23 +241,22 @@ def open_llama(path: str | os.PathLike, ctx: int = 512, n_threads: int | None = 
 
 
 def llama_cpp_logprobs(path: str | os.PathLike, ws: list[torch.Tensor], ctx: int = 512, n_threads: int | None = None,
-                       flash_attn: bool = False, kv_type: str = "f32") -> list[torch.Tensor]:
-    """llama.cpp's log-softmax predictions for tokens 1..len-1 of each window ([len-1, vocab] float32 each)."""
+                       flash_attn: bool = False, kv_type: str = "f32") -> Iterator[torch.Tensor]:
+    """llama.cpp's log-softmax predictions for tokens 1..len-1 of each window, one [len-1, vocab] float32 tensor per
+    window, yielded as computed (one model and context for all windows)."""
     try:
         import llama_cpp  # noqa: F401
     except ImportError as e:
         raise ModelNotFoundError("llama-cpp-python is not installed: the llama.cpp cross-check is unavailable") from e
     _open(path)  # clear errors for damaged files before llama.cpp sees them
     llm = open_llama(path, ctx, n_threads, flash_attn=flash_attn, kv_type=kv_type)
-    out = []
     try:
         for w in ws:
             llm.reset()
             llm.eval(w.tolist())
-            out.append(torch.log_softmax(torch.from_numpy(np.array(llm.scores[: len(w) - 1], dtype=np.float32)), -1))
+            yield torch.log_softmax(torch.from_numpy(np.array(llm.scores[: len(w) - 1], dtype=np.float32)), -1)
     finally:
         llm.close()
-    return out
 
 
 def llama_cpp_evaluate(path: str | os.PathLike, tokens: torch.Tensor, ctx: int = 512, reference=None,
@@ -262,10 +276,8 @@ def llama_cpp_evaluate(path: str | os.PathLike, tokens: torch.Tensor, ctx: int =
     ws = windows(tokens, ctx) if reference is None else reference.windows
     nll = kl = agree = 0.0
     n = 0
-    for k, w in enumerate(tqdm(ws, desc="llama.cpp", disable=not progress)):
-        lp = llama_cpp_logprobs(path, [w], ctx, n_threads, flash_attn, kv_type)[0] if len(ws) == 1 else None
-        if lp is None:
-            break
+    lps = llama_cpp_logprobs(path, ws, ctx, n_threads, flash_attn=flash_attn, kv_type=kv_type)
+    for k, (w, lp) in enumerate(tqdm(zip(ws, lps), total=len(ws), desc="llama.cpp", disable=not progress)):
         nll -= float(lp.gather(1, w[1:, None]).sum())
         if reference is not None:
             ref = reference.ref_logprobs[k]

@@ -4,7 +4,8 @@ The container is written with the `gguf` package's GGUFWriter; qlab supplies eve
 
     header  "GGUF", version 3, tensor count, metadata count
     kv      general.* and llama.* hyper-parameters (block_count, embedding_length, head_count, rope ...),
-            the tokenizer (tokenizer.ggml.model = "gpt2": tokens, token types, BPE merges, special ids)
+            the tokenizer ("gpt2": tokens, token types, BPE merges, special ids; or "llama": SentencePiece-style
+            BPE with byte fallback: tokens, scores, token types incl. the byte tokens <0x00>..<0xFF>)
     infos   per tensor: GGUF name, shape (ne[0] = input features first), GGML type, data offset
     data    each tensor's raw bytes: float32/float16, or qlab's own quantized blocks (qlab.gguf.quantize)
 
@@ -126,15 +127,20 @@ def _pre_tokenizer(tokenizer) -> str:
     return PRE_TOKENIZERS.get(hashlib.sha256(str(ids).encode()).hexdigest(), "default")
 
 
-def _add_tokenizer(w: GGUFWriter, tokenizer, vocab_size: int) -> None:
-    """tokenizer.ggml.*: byte-level BPE ("gpt2") tokens, types, merges and special ids, as llama.cpp reads them."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise BadArgumentError("qlab's GGUF writer needs a fast (tokenizers) tokenizer")
-    spec = json.loads(backend.to_str())
-    if spec["model"]["type"] != "BPE" or spec["model"].get("byte_fallback"):
-        raise BadArgumentError("qlab's GGUF writer supports byte-level BPE tokenizers (GPT-2 style, e.g. SmolLM2, "
-                               "Llama 3); this tokenizer is a SentencePiece-style one")
+def _add_special_ids(w: GGUFWriter, tokenizer, add_space_prefix: bool) -> None:
+    for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
+                      ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
+        tid = getattr(tokenizer, attr, None)
+        if tid is not None:
+            add(int(tid))
+    w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+    w.add_add_space_prefix(add_space_prefix)
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        w.add_chat_template(template)
+
+
+def _vocab_list(tokenizer, vocab_size: int) -> tuple[list[str], list[TokenType], dict]:
     vocab = tokenizer.get_vocab()
     added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
@@ -147,22 +153,70 @@ def _add_tokenizer(w: GGUFWriter, tokenizer, vocab_size: int) -> None:
             types[i] = TokenType.CONTROL if added[tok].special else TokenType.USER_DEFINED
         else:
             types[i] = TokenType.NORMAL
+    return tokens, types, vocab
+
+
+_BYTE_TOKEN = re.compile(r"^<0x[0-9A-F]{2}>$")
+
+
+def _space_prefix(spec: dict) -> bool:
+    """Whether the HF pipeline prepends "▁" to the text (normalizer Prepend, or a Metaspace pre-tokenizer)."""
+    text = json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")])
+    return '"Prepend"' in text or ('"Metaspace"' in text and '"prepend_scheme": "never"' not in text)
+
+
+def _add_llama_spm(w: GGUFWriter, tokenizer, spec: dict, vocab_size: int) -> None:
+    """tokenizer.ggml.model = "llama" (SentencePiece-style BPE with byte fallback: Llama 2, Mistral, TinyLlama).
+
+    llama.cpp's SPM tokenizer starts from the text's characters (spaces as "▁", one prepended if add_space_prefix)
+    and repeatedly merges the adjacent pair whose joined token has the highest score; characters with no token
+    become byte tokens <0x00>..<0xFF> (type BYTE). score = −(rank of the BPE merge that makes the token)
+    reproduces BPE's merge order (single characters: 0, they are never a merge result)."""
+    model = spec["model"]
+    tokens, types, vocab = _vocab_list(tokenizer, vocab_size)
+    scores = [0.0] * vocab_size
+    for r, m in enumerate(model["merges"]):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        i = vocab.get(a + b)
+        if i is not None and scores[i] == 0.0:
+            scores[i] = -float(r + 1)
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab]
+    if missing:
+        raise BadArgumentError(f"a byte-fallback tokenizer needs the 256 byte tokens; {missing[:3]}... are missing")
+    for i, t in enumerate(tokens):
+        if _BYTE_TOKEN.match(t) and types[i] == TokenType.NORMAL:
+            types[i] = TokenType.BYTE
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and 0 <= unk < vocab_size:
+        types[unk] = TokenType.UNKNOWN
+    w.add_tokenizer_model("llama")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types([int(t) for t in types])
+    _add_special_ids(w, tokenizer, _space_prefix(spec))
+
+
+def _add_tokenizer(w: GGUFWriter, tokenizer, vocab_size: int) -> None:
+    """tokenizer.ggml.*: byte-level BPE ("gpt2": tokens, token types, BPE merges, special ids) or SentencePiece-style
+    BPE with byte fallback ("llama": tokens, scores, token types, special ids), as llama.cpp reads them."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise BadArgumentError("qlab's GGUF writer needs a fast (tokenizers) tokenizer")
+    spec = json.loads(backend.to_str())
+    if spec["model"]["type"] == "BPE" and spec["model"].get("byte_fallback"):
+        return _add_llama_spm(w, tokenizer, spec, vocab_size)
+    if spec["model"]["type"] != "BPE":
+        raise BadArgumentError(f"qlab's GGUF writer supports BPE tokenizers (byte-level, GPT-2 style, e.g. SmolLM2, "
+                               f"Llama 3; or with byte fallback, Llama 2 style); this one is {spec['model']['type']}")
+    tokens, types, _ = _vocab_list(tokenizer, vocab_size)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(_pre_tokenizer(tokenizer))
     w.add_token_list(tokens)
     w.add_token_types([int(t) for t in types])
     w.add_token_merges(merges)
-    for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
-                      ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
-        tid = getattr(tokenizer, attr, None)
-        if tid is not None:
-            add(int(tid))
-    w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
-    w.add_add_space_prefix(False)
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str):
-        w.add_chat_template(template)
+    _add_special_ids(w, tokenizer, False)
 
 
 def _quantize_rows(x: np.ndarray, t: GGMLQuantizationType, imatrix: np.ndarray | None) -> np.ndarray:
