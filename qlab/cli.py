@@ -47,6 +47,11 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--alpha-grid", type=int, default=20, help="points of the α grid in [0, 1]")
     a.add_argument("--no-clip", action="store_true", help="skip the clipping search")
     a.add_argument("--then", choices=("rtn", "gptq"), default="rtn", help="quantizer applied after AWQ scaling")
+    a.add_argument("--objective", choices=("linear", "module"), default="linear",
+                   help="scale search error on the Linears' outputs, or on the attention / MLP output they feed")
+    a.add_argument("--duo-scaling", action="store_true", help="s = mean|x|^α / mean|w|^(1−α) instead of mean|x|^α")
+    a.add_argument("--shared-clip", action="store_true",
+                   help="one shrink factor for both ends of each group's range (default: min and max searched apart)")
 
 
 def make_quantizer(args):
@@ -64,7 +69,8 @@ def make_quantizer(args):
     from .awq import AWQQuantizer
 
     return AWQQuantizer(bits=args.bits, group_size=args.group_size, symmetric=args.sym, alpha_grid=args.alpha_grid,
-                        clip=not args.no_clip, then=args.then)
+                        clip=not args.no_clip, then=args.then, objective=args.objective,
+                        duo_scaling=args.duo_scaling, clip_independent=not args.shared_clip)
 
 
 def _quantize(model, tokenizer, args, progress=True):

@@ -40,3 +40,16 @@ def test_errors_exit_2_with_a_message(tmp_path):
     assert last_json(p)["type"] == "TextTooShortError"
     p = qlab("quantize", "--group-size", "128", ok=False)
     assert "does not divide the row length 576" in p.stderr and "192" in p.stderr
+
+
+def test_method_flags_reach_the_quantizers():
+    from qlab.cli import build_parser, make_quantizer
+
+    awq = make_quantizer(build_parser().parse_args(
+        ["quantize", "--method", "awq", "--objective", "module", "--duo-scaling", "--shared-clip", "--no-clip"]))
+    assert (awq.objective, awq.duo_scaling, awq.clip_independent, awq.clip) == ("module", True, False, False)
+    default = make_quantizer(build_parser().parse_args(["quantize", "--method", "awq"]))
+    assert (default.objective, default.duo_scaling, default.clip_independent) == ("linear", False, True)
+    gptq = make_quantizer(build_parser().parse_args(
+        ["quantize", "--method", "gptq", "--act-order", "--static-groups", "--damp", "0.05", "--block-size", "32"]))
+    assert (gptq.act_order, gptq.static_groups, gptq.damp, gptq.block_size) == (True, True, 0.05, 32)
