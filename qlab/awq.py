@@ -46,6 +46,7 @@ from .awq_search import (  # noqa: F401  (re-exported: qlab.awq is the one impor
     weight_magnitudes,
 )
 from .errors import BadArgumentError, NonFiniteError, TextTooShortError
+from .gptq import HessianAccumulator
 from .pipeline import is_skipped
 from .qtensor import QuantizedTensor
 from .walk import linear_layers, record_inputs
@@ -72,21 +73,23 @@ class InputStats:
     def __init__(self, K: int, name: str = "layer") -> None:
         self.K, self.name = K, name
         self.sum_abs = torch.zeros(K, dtype=torch.float64)
-        self.S = torch.zeros(K, K, dtype=torch.float32)
-        self.n = 0
+        self.gram = HessianAccumulator(K, name)  # GPTQ's running XᵀX (2XᵀX/n on read)
+
+    @property
+    def n(self) -> int:
+        return self.gram.n
 
     def add(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).float()
         if x.shape[1] != self.K:
             raise BadArgumentError(f"{self.name}: inputs have {x.shape[1]} features, expected {self.K}")
         self.sum_abs += x.abs().sum(0, dtype=torch.float64)
-        self.S.addmm_(x.T, x)
-        self.n += x.shape[0]
+        self.gram.add(x)
 
     def _check(self) -> None:
         if self.n == 0:
             raise TextTooShortError(f"{self.name}: no calibration tokens reached this layer; give calibration text")
-        if not (torch.isfinite(self.S).all() and torch.isfinite(self.sum_abs).all()):
+        if not (torch.isfinite(self.gram.S).all() and torch.isfinite(self.sum_abs).all()):
             raise NonFiniteError(
                 f"NaN/Inf in the calibration activations entering {self.name}: the model overflowed on the "
                 f"calibration text (fp16 activations? load the model in float32) or an earlier layer is broken"
@@ -100,7 +103,7 @@ class InputStats:
     @property
     def H(self) -> torch.Tensor:
         self._check()
-        return self.S / self.n
+        return self.gram.H / 2
 
 
 def collect_block_stats(block: nn.Module, inputs, names: Sequence[str] | None = None) -> dict[str, InputStats]:

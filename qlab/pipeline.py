@@ -172,5 +172,6 @@ def _run_and_compare(block, float_block, inputs: BlockInputs, prefix: str, names
             den[n] += float((y_float[n].double() ** 2).sum())
 
         with record_outputs(q_mods, compare):
-            next_hidden += BlockInputs([h], inputs.kwargs).run(block).hidden
+            y = BlockInputs([h], inputs.kwargs).run(block).hidden[0]
+        next_hidden += inputs.per_sample(h, y, len(next_hidden))
     return BlockInputs(next_hidden, inputs.kwargs), {n: _relative(num[n], den[n]) for n in names}

@@ -34,13 +34,13 @@ class BlockInputs:
         return len(self.hidden)
 
     def batches(self, max_tokens: int = 8192) -> Iterator[torch.Tensor]:
-        """The samples stacked along the batch axis, consecutive same-shape samples together, at most
-        `max_tokens` tokens per batch (one [b, T, H] tensor each): a block runs much faster on a batch than on
-        its samples one by one (larger matrix products, fewer Python calls)."""
+        """The [1, T, H] samples stacked along the batch axis, consecutive same-shape samples together, at most
+        `max_tokens` tokens per batch (one [b, T, H] tensor each; any other sample alone): fewer, larger calls
+        (fewer Python-level calls, larger matrix products per call)."""
         i = 0
         while i < len(self.hidden):
             h = self.hidden[i]
-            per = max(1, max_tokens // max(1, h.shape[0] * h.shape[1]))
+            per = max(1, max_tokens // max(1, h.shape[1])) if h.dim() == 3 and h.shape[0] == 1 else 1
             j = i + 1
             while j < len(self.hidden) and j - i < per and self.hidden[j].shape == h.shape:
                 j += 1
@@ -54,8 +54,13 @@ class BlockInputs:
         for h in self.batches(max_tokens):
             y = block(h, **self.kwargs)
             y = y[0] if isinstance(y, tuple) else y
-            out += list(y.split(1)) if h.dim() == 3 else [y]
+            out += self.per_sample(h, y, len(out))
         return BlockInputs(out, self.kwargs)
+
+    def per_sample(self, batch: torch.Tensor, y: torch.Tensor, first: int) -> list[torch.Tensor]:
+        """A block's output y on a batch from `batches()` whose first sample is hidden[first], one tensor per sample."""
+        stacked = batch is not self.hidden[first]  # batches() concatenated several [1, T, H] samples
+        return list(y.split(1)) if stacked else [y]
 
     def check_finite(self, where: str) -> None:
         for h in self.hidden:
