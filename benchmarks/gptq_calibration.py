@@ -1,6 +1,7 @@
 """GPTQ vs RTN on the embedded model: perplexity, per-layer reconstruction error, calibration time and memory.
 
     .venv/bin/python benchmarks/gptq_calibration.py [--nsamples 128 --seqlen 512 --settings 4:64,3:64,3:channel]
+                                                    [--forward-dtypes float32,bfloat16]
 
 For each setting (bits:group, symmetric grid) the embedded SmolLM2-135M (dithered float32 reference) is quantized
 with RTN and with GPTQ (calibration: `--nsamples` × `--seqlen` tokens of the wiki calibration split, walked block
@@ -9,7 +10,8 @@ evaluation split (qlab.eval protocol, 512-token windows). Reported: perplexities
 increase GPTQ recovers, (RTN − GPTQ)/(RTN − float), how many Linears have a lower ‖WX − ŴX‖²/‖WX‖² under GPTQ
 than RTN, wall and CPU time of each GPTQ calibration (the whole quantize_model call, including the pipeline's float-vs-
 quantized output comparison) and the process's peak resident memory. On a shared machine, CPU seconds / threads
-estimates the wall time the run would take on idle cores. Writes
+estimates the wall time the run would take on idle cores. With several `--forward-dtypes` each setting is
+calibrated once per dtype of the calibration forward passes (GPTQQuantizer.forward_dtype), side by side. Writes
 benchmarks/results/gptq_calibration.json. Goals (issue 4): recovery ≥ 70 % at 3-bit g64; < 3 min for 128 × 512.
 """
 
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--act-order", action="store_true")
     ap.add_argument("--true-sequential", action="store_true")
     ap.add_argument("--damp", type=float, default=0.01)
+    ap.add_argument("--forward-dtypes", default="float32", help="comma-separated: float32, bfloat16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gptq_calibration.json"))
@@ -94,15 +97,10 @@ def main(argv: list[str] | None = None) -> dict:
         os.replace(tmp, out)
         return out
 
-    for bits, group in parse_settings(args.settings):
-        label = f"int{bits} sym {'per-channel' if group is None else f'g{group}'}"
-        model, _ = load_model()
-        quantize_model(model, None, RTNQuantizer(bits, group, symmetric=True), progress=False)
-        rtn = evaluator.evaluate(model)
-        del model
+    def calibrate(bits, group, forward_dtype, label, rtn) -> dict:
         model, _ = load_model()
         q = GPTQQuantizer(bits=bits, group_size=group, symmetric=True, damp=args.damp, act_order=args.act_order,
-                          true_sequential=args.true_sequential, progress=False)
+                          true_sequential=args.true_sequential, progress=False, forward_dtype=forward_dtype)
         rss_before = peak_rss_mib()
         t0, c0 = time.perf_counter(), cpu_seconds()
         quantize_model(model, calib, q, progress=True, output_errors=False)
@@ -114,8 +112,9 @@ def main(argv: list[str] | None = None) -> dict:
         base = evaluator.reference.perplexity
         recovery = (rtn.perplexity - gptq.perplexity) / (rtn.perplexity - base) if rtn.perplexity > base else None
         row = {
-            "setting": label, "bits": bits, "group_size": group, "ppl_float": base, "ppl_rtn": rtn.perplexity,
-            "ppl_gptq": gptq.perplexity, "kl_rtn": rtn.kl, "kl_gptq": gptq.kl, "recovery": recovery,
+            "setting": label, "bits": bits, "group_size": group, "forward_dtype": forward_dtype, "ppl_float": base,
+            "ppl_rtn": rtn.perplexity, "ppl_gptq": gptq.perplexity, "kl_rtn": rtn.kl, "kl_gptq": gptq.kl,
+            "recovery": recovery,
             "linears": len(q.layer_stats), "linears_gptq_better": wins,
             "median_err_ratio_gptq_over_rtn": sorted(ratios)[len(ratios) // 2],
             "max_err_ratio_gptq_over_rtn": max(ratios), "calibration_seconds": seconds, "calibration_cpu_seconds": cpu,
@@ -123,12 +122,22 @@ def main(argv: list[str] | None = None) -> dict:
             "damp_retries": sum(st["damp_retries"] for st in q.layer_stats.values()),
             "layer_errors": {n: {"gptq": st["gptq"], "rtn": st["rtn"]} for n, st in q.layer_stats.items()},
         }
-        rows.append(row)
         rec = "n/a" if recovery is None else f"{100 * recovery:.0f} %"
-        print(f"{label:22s} RTN {rtn.perplexity:8.3f}  GPTQ {gptq.perplexity:8.3f}  recovery {rec:>6s}  "
+        print(f"{label:22s} {forward_dtype:8s} RTN {rtn.perplexity:8.3f}  GPTQ {gptq.perplexity:8.3f}  "
+              f"recovery {rec:>6s}  "
               f"GPTQ<RTN on {wins}/{len(q.layer_stats)} Linears  calibration {seconds:6.1f} s (CPU {cpu:.0f} s)  "
               f"peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
-        out = write()
+        return row
+
+    for bits, group in parse_settings(args.settings):
+        label = f"int{bits} sym {'per-channel' if group is None else f'g{group}'}"
+        model, _ = load_model()
+        quantize_model(model, None, RTNQuantizer(bits, group, symmetric=True), progress=False)
+        rtn = evaluator.evaluate(model)
+        del model
+        for forward_dtype in args.forward_dtypes.split(","):
+            rows.append(calibrate(bits, group, forward_dtype, label, rtn))
+            out = write()
     print(f"wrote {out}")
     return {"rows": rows}
 

@@ -42,7 +42,12 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--block-size", type=int, default=128, help="lazy-batch width B")
     g.add_argument("--act-order", action="store_true", help="quantize columns by descending diag(H)")
     g.add_argument("--static-groups", action="store_true", help="group grids fixed before the sweep")
-    g.add_argument("--true-sequential", action="store_true", help="re-collect inputs after each sub-layer")
+    g.add_argument("--true-sequential", action="store_true",
+                   help="each sub-layer's inputs taken after the ones before it were quantized (done in one forward "
+                        "per block when all calibration tokens fit in memory at once: the fastest GPTQ mode)")
+    g.add_argument("--forward-dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the calibration forward passes (bfloat16: autocast, faster on CPUs with bf16 "
+                        "matrix units; Hessians and the sweep stay float32)")
     a = p.add_argument_group("AWQ")
     a.add_argument("--alpha-grid", type=int, default=20, help="points of the α grid in [0, 1]")
     a.add_argument("--no-clip", action="store_true", help="skip the clipping search")
@@ -65,7 +70,7 @@ def make_quantizer(args):
 
         return GPTQQuantizer(bits=args.bits, group_size=args.group_size, symmetric=args.sym, damp=args.damp,
                              block_size=args.block_size, act_order=args.act_order, static_groups=args.static_groups,
-                             true_sequential=args.true_sequential)
+                             true_sequential=args.true_sequential, forward_dtype=args.forward_dtype)
     from .awq import AWQQuantizer
 
     return AWQQuantizer(bits=args.bits, group_size=args.group_size, symmetric=args.sym, alpha_grid=args.alpha_grid,

@@ -116,7 +116,8 @@ def quantize_model(
 ) -> QuantizationResult:
     """Quantize every Linear of every decoder block of `model` in place (lm_head and embeddings stay float).
 
-    With calibration ids [n, T], block i sees the outputs of the already-quantized blocks 0..i−1, and (with
+    With calibration ids [n, T], block i sees the outputs of the already-quantized blocks 0..i−1 (computed in the
+    quantizer's `forward_dtype` where it has one, see qlab.walk.BlockInputs), and (with
     `output_errors`) each Linear's output error is measured against the float block on the same inputs — one more
     forward pass per block; `output_errors=False` skips it (calibration then costs what the quantizer needs).
     Without calibration ids (None), only weight errors are reported (enough for RTN).
@@ -128,7 +129,7 @@ def quantize_model(
     if calib_ids is not None:
         if calib_ids.dim() != 2:
             raise BadArgumentError(f"calibration ids must be [n_samples, seqlen], got {tuple(calib_ids.shape)}")
-        inputs = capture_block_inputs(model, calib_ids)
+        inputs = capture_block_inputs(model, calib_ids, getattr(quantizer, "forward_dtype", None))
     result = QuantizationResult({}, method=getattr(quantizer, "describe", lambda: repr(quantizer))())
     for i, block in enumerate(tqdm(blocks, desc="quantizing blocks", disable=not progress)):
         name = f"{prefix}.{i}"
@@ -143,8 +144,9 @@ def quantize_model(
         out_err: dict[str, float] = {}
         if float_block is not None:
             inputs, out_err = _run_and_compare(block, float_block, inputs, name, list(qts))
-        elif inputs is not None:
-            inputs = inputs.run(block)
+        elif inputs is not None:  # a quantizer that ran the quantized block already (GPTQ single pass) says so
+            ready = getattr(quantizer, "block_outputs", None)
+            inputs = ready if ready is not None else inputs.run(block)
         for n, qt in qts.items():
             W, W_hat = originals[n].double(), qt.dequantize(torch.float64)
             w_err = _relative(float(((W - W_hat) ** 2).sum()), float((W**2).sum()))
@@ -165,13 +167,13 @@ def _run_and_compare(block, float_block, inputs: BlockInputs, prefix: str, names
     for h in inputs.batches():
         y_float: dict[str, torch.Tensor] = {}
         with record_outputs(f_mods, lambda n, y: y_float.__setitem__(n, y)):
-            BlockInputs([h], inputs.kwargs).run(float_block)
+            inputs.forward(float_block, h)
 
         def compare(n, y):
             num[n] += float(((y_float[n].double() - y.double()) ** 2).sum())
             den[n] += float((y_float[n].double() ** 2).sum())
 
         with record_outputs(q_mods, compare):
-            y = BlockInputs([h], inputs.kwargs).run(block).hidden[0]
+            y = inputs.forward(block, h)
         next_hidden += inputs.per_sample(h, y, len(next_hidden))
-    return BlockInputs(next_hidden, inputs.kwargs), {n: _relative(num[n], den[n]) for n in names}
+    return inputs.like(next_hidden), {n: _relative(num[n], den[n]) for n in names}

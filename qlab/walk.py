@@ -24,11 +24,14 @@ class _StopForward(Exception):
 
 @dataclass
 class BlockInputs:
-    """The hidden states entering a block, one [1, T, H] tensor per calibration sample, and the keyword
-    arguments every block receives (rotary position embeddings, attention mask...)."""
+    """The hidden states entering a block, one [1, T, H] tensor per calibration sample, the keyword
+    arguments every block receives (rotary position embeddings, attention mask...) and the dtype the block's
+    forward passes compute in: None runs them in the weights' own dtype; torch.bfloat16 runs them under
+    autocast (products in bf16, the residual stream and every quantizer statistic stay float32)."""
 
     hidden: list[torch.Tensor]
     kwargs: dict
+    compute_dtype: torch.dtype | None = None
 
     def __len__(self) -> int:
         return len(self.hidden)
@@ -48,14 +51,25 @@ class BlockInputs:
             i = j
 
     @torch.no_grad()
+    def forward(self, block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """The block's output hidden states on h (one sample or a batch from `batches()`), in h's dtype."""
+        cast = self.compute_dtype not in (None, h.dtype)
+        with torch.autocast(h.device.type, dtype=self.compute_dtype if cast else None, enabled=cast):
+            y = block(h, **self.kwargs)
+        y = y[0] if isinstance(y, tuple) else y
+        return y.to(h.dtype)
+
+    def like(self, hidden: list[torch.Tensor]) -> BlockInputs:
+        """Other hidden states with the same keyword arguments and compute dtype."""
+        return BlockInputs(hidden, self.kwargs, self.compute_dtype)
+
+    @torch.no_grad()
     def run(self, block: nn.Module, max_tokens: int = 8192) -> BlockInputs:
         """The block's outputs, as inputs of the next block (computed `max_tokens` tokens at a time)."""
         out: list[torch.Tensor] = []
         for h in self.batches(max_tokens):
-            y = block(h, **self.kwargs)
-            y = y[0] if isinstance(y, tuple) else y
-            out += self.per_sample(h, y, len(out))
-        return BlockInputs(out, self.kwargs)
+            out += self.per_sample(h, self.forward(block, h), len(out))
+        return self.like(out)
 
     def per_sample(self, batch: torch.Tensor, y: torch.Tensor, first: int) -> list[torch.Tensor]:
         """A block's output y on a batch from `batches()` whose first sample is hidden[first], one tensor per sample."""
@@ -72,8 +86,11 @@ class BlockInputs:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, ids: torch.Tensor) -> BlockInputs:
-    """Run the model on each row of ids [n, T] up to its first decoder block and keep what enters it."""
+def capture_block_inputs(
+    model: nn.Module, ids: torch.Tensor, compute_dtype: torch.dtype | None = None
+) -> BlockInputs:
+    """Run the model on each row of ids [n, T] up to its first decoder block and keep what enters it (the
+    blocks' later forward passes compute in `compute_dtype`, see BlockInputs)."""
     first = decoder_blocks(model)[0]
     hidden: list[torch.Tensor] = []
     shared: dict = {}
@@ -97,7 +114,7 @@ def capture_block_inputs(model: nn.Module, ids: torch.Tensor) -> BlockInputs:
     shared.pop("past_key_values", None)
     shared.pop("past_key_value", None)
     shared["use_cache"] = False
-    return BlockInputs(hidden, shared)
+    return BlockInputs(hidden, shared, compute_dtype)
 
 
 def linear_layers(module: nn.Module) -> dict[str, nn.Linear]:

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 40 + "\n\n") * 6
 
@@ -53,3 +54,6 @@ def test_method_flags_reach_the_quantizers():
     gptq = make_quantizer(build_parser().parse_args(
         ["quantize", "--method", "gptq", "--act-order", "--static-groups", "--damp", "0.05", "--block-size", "32"]))
     assert (gptq.act_order, gptq.static_groups, gptq.damp, gptq.block_size) == (True, True, 0.05, 32)
+    assert gptq.forward_dtype is None  # float32: no autocast
+    bf16 = make_quantizer(build_parser().parse_args(["quantize", "--method", "gptq", "--forward-dtype", "bfloat16"]))
+    assert bf16.forward_dtype == torch.bfloat16

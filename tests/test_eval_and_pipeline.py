@@ -60,6 +60,54 @@ def test_batched_block_run_equals_one_sample_at_a_time(tiny_llama):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_bf16_block_walk_stays_near_the_float32_forward(tiny_llama):
+    ids = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(6))
+    exact = capture_block_inputs(tiny_llama, ids)
+    bf16 = capture_block_inputs(tiny_llama, ids, torch.bfloat16)
+    for block in decoder_blocks(tiny_llama):
+        exact, bf16 = exact.run(block), bf16.run(block)
+    for a, b in zip(exact.hidden, bf16.hidden):
+        assert b.dtype == torch.float32  # the residual stream stays float32
+        rel = float((a - b).norm() / a.norm())
+        assert 1e-5 < rel < 2e-2  # bf16 products (8-bit mantissa): ≈ 2⁻⁹ per product, not float32's 2⁻²⁴
+
+
+def test_bf16_gptq_pipeline_writes_exact_float32_weights(tiny_llama):
+    """Under a bf16 forward the first block's q/k/v still read a float32 RMSNorm output, so their codes equal
+    the float32 run's; later inputs come from bf16 products and move."""
+    from qlab.gptq import GPTQQuantizer
+
+    ids = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(7))
+    other = copy.deepcopy(tiny_llama)
+    f32 = quantize_model(tiny_llama, ids, GPTQQuantizer(3, 32, progress=False), progress=False)
+    b16 = quantize_model(other, ids, GPTQQuantizer(3, 32, progress=False, forward_dtype="bfloat16"), progress=False)
+    for name, qt in b16.qtensors.items():
+        w = other.get_submodule(name).weight
+        assert w.dtype == torch.float32 and torch.equal(w, qt.dequantize())
+    first = [f"model.layers.0.self_attn.{p}_proj" for p in "qkv"]
+    assert all(n in f32.qtensors for n in first)
+    for n in first:
+        assert torch.equal(f32.qtensors[n].codes, b16.qtensors[n].codes)
+    assert any(not torch.equal(f32.qtensors[n].codes, b16.qtensors[n].codes) for n in f32.qtensors if n not in first)
+    assert all(r.output_error is not None and math.isfinite(r.output_error) for r in b16.layers)
+
+
+def test_single_pass_true_sequential_pipeline_equals_group_passes(tiny_llama):
+    from qlab.gptq import GPTQQuantizer
+
+    ids = torch.randint(0, 256, (4, 48), generator=torch.Generator().manual_seed(8))
+    other = copy.deepcopy(tiny_llama)
+    one = GPTQQuantizer(3, 32, true_sequential=True, progress=False)
+    many = GPTQQuantizer(3, 32, true_sequential=True, progress=False, max_pass_bytes=0)
+    r1 = quantize_model(tiny_llama, ids, one, progress=False, output_errors=False)
+    r0 = quantize_model(other, ids, many, progress=False, output_errors=False)
+    assert (one.single_pass_blocks, many.single_pass_blocks) == (2, 0)
+    assert set(r1.qtensors) == set(r0.qtensors) and len(r1.qtensors) == 14
+    for name, qt in r1.qtensors.items():
+        assert torch.equal(qt.codes, r0.qtensors[name].codes), name
+        assert torch.equal(tiny_llama.get_submodule(name).weight, qt.dequantize())
+
+
 def test_skipping_output_errors_changes_no_weight(tiny_llama):
     from qlab.gptq import GPTQQuantizer
 

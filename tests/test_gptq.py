@@ -231,3 +231,46 @@ def test_column_contributions_sum_to_layer_error():
     c = column_error_contributions(W, W_hat, H)
     assert c.shape == (W.shape[1],)
     assert float(c.sum()) == pytest.approx(layer_reconstruction_error(W, W_hat, H), rel=1e-5)
+
+
+def test_bf16_forward_keeps_float32_hessians_and_weights():
+    """a and b read the block's float32 input itself, so under a bf16 forward their Hessians — and codes — equal
+    the float32 run's; c reads a bf16 product, so its Hessian moves, a little."""
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        block = _Block()
+        q = GPTQQuantizer(bits=3, group_size=16, progress=False, forward_dtype=dtype)
+        runs[dtype] = (q, q(block, _inputs(4, 64), "blk"))
+        for n, qt in runs[dtype][1].items():
+            w = getattr(block, n.split(".")[1]).weight
+            assert w.dtype == torch.float32 and torch.equal(w, qt.dequantize())
+    (q32, out32), (q16, out16) = runs["float32"], runs["bfloat16"]
+    for n in ("blk.a", "blk.b"):
+        assert torch.equal(out32[n].codes, out16[n].codes)
+        assert q16.layer_stats[n]["gptq"] == pytest.approx(q32.layer_stats[n]["gptq"], rel=1e-6)
+    moved = abs(q16.layer_stats["blk.c"]["rtn"] / q32.layer_stats["blk.c"]["rtn"] - 1)  # same W, RTN: H moved
+    assert 1e-7 < moved < 1e-2
+    assert q16.layer_stats["blk.c"]["gptq"] < q16.layer_stats["blk.c"]["rtn"]
+    assert q16.config["forward_dtype"] == "bfloat16" and "bf16 forward" in q16.describe()
+    with pytest.raises(BadArgumentError, match="forward_dtype"):
+        GPTQQuantizer(forward_dtype="float8")
+
+
+def test_true_sequential_single_pass_equals_group_by_group_passes():
+    """One forward quantizing each group from its first Linear's pre-hook == re-running the block per group
+    (forced by a zero memory budget), and the kept block outputs == the quantized block run afterwards."""
+    runs = {}
+    for budget in (4 << 30, 0):
+        block = _Block()
+        q = GPTQQuantizer(bits=3, group_size=16, true_sequential=True, progress=False, max_pass_bytes=budget)
+        runs[budget] = (q, q(block, _inputs(4, 64), "blk"), block)
+    (q1, out1, block1), (q0, out0, _) = runs[4 << 30], runs[0]
+    assert (q1.single_pass_blocks, q0.single_pass_blocks) == (1, 0) and q0.block_outputs is None
+    assert set(out1) == set(out0) == {"blk.a", "blk.b", "blk.c"}
+    for n in out1:
+        assert torch.equal(out1[n].codes, out0[n].codes), n
+        assert q1.layer_stats[n]["gptq"] == pytest.approx(q0.layer_stats[n]["gptq"], rel=1e-5)
+    after = _inputs(4, 64).run(block1)  # the quantized block, run on its own
+    assert len(q1.block_outputs) == 4
+    for a, b in zip(after.hidden, q1.block_outputs.hidden):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
