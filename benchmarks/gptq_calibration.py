@@ -8,8 +8,9 @@ with RTN and with GPTQ (calibration: `--nsamples` × `--seqlen` tokens of the wi
 by block through qlab.pipeline.quantize_model), then evaluated on the first `--eval-tokens` tokens of the wiki
 evaluation split (qlab.eval protocol, 512-token windows). Reported: perplexities, the share of RTN's perplexity
 increase GPTQ recovers, (RTN − GPTQ)/(RTN − float), how many Linears have a lower ‖WX − ŴX‖²/‖WX‖² under GPTQ
-than RTN, wall and CPU time of each GPTQ calibration (the whole quantize_model call, including the pipeline's float-vs-
-quantized output comparison) and the process's peak resident memory. On a shared machine, CPU seconds / threads
+than RTN, wall and CPU time of each GPTQ calibration (the whole quantize_model call with output_errors=False: with
+--true-sequential one forward per block when the batch fits in memory, else a Hessian pass and an output pass) and
+the process's peak resident memory. On a shared machine, CPU seconds / threads
 estimates the wall time the run would take on idle cores. With several `--forward-dtypes` each setting is
 calibrated once per dtype of the calibration forward passes (GPTQQuantizer.forward_dtype), side by side. Writes
 benchmarks/results/gptq_calibration.json. Goals (issue 4): recovery ≥ 70 % at 3-bit g64; < 3 min for 128 × 512.
