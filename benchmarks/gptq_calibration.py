@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--settings", default="3:64,4:64,3:channel")
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--act-order", action="store_true")
-    ap.add_argument("--true-sequential", action="store_true")
+    ap.add_argument("--true-sequential", nargs="?", const="on", default="off", choices=("off", "on", "both"),
+                    help="both: calibrate each setting without and with it, side by side")
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--forward-dtypes", default="float32", help="comma-separated: float32, bfloat16")
     ap.add_argument("--threads", type=int, default=2)
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> dict:
             "benchmark": "gptq_calibration", "model": "smollm2-135m (dithered float32 reference)",
             "protocol": evaluator.protocol, "eval": "wiki evaluation split", "calibration": "wiki calibration split",
             "nsamples": args.nsamples, "seqlen": args.seqlen, "act_order": args.act_order,
-            "true_sequential": args.true_sequential, "damp": args.damp, "threads": args.threads,
+            "true_sequential": {"off": False, "on": True}.get(args.true_sequential, "both"), "damp": args.damp,
+            "threads": args.threads,
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
             "torch": torch.__version__, "rows": rows,
         }
@@ -98,10 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
         os.replace(tmp, out)
         return out
 
-    def calibrate(bits, group, forward_dtype, label, rtn) -> dict:
+    def calibrate(bits, group, forward_dtype, true_sequential, label, rtn) -> dict:
         model, _ = load_model()
         q = GPTQQuantizer(bits=bits, group_size=group, symmetric=True, damp=args.damp, act_order=args.act_order,
-                          true_sequential=args.true_sequential, progress=False, forward_dtype=forward_dtype)
+                          true_sequential=true_sequential, progress=False, forward_dtype=forward_dtype)
         rss_before = peak_rss_mib()
         t0, c0 = time.perf_counter(), cpu_seconds()
         quantize_model(model, calib, q, progress=True, output_errors=False)
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
         base = evaluator.reference.perplexity
         recovery = (rtn.perplexity - gptq.perplexity) / (rtn.perplexity - base) if rtn.perplexity > base else None
         row = {
-            "setting": label, "bits": bits, "group_size": group, "forward_dtype": forward_dtype, "ppl_float": base,
+            "setting": label, "bits": bits, "group_size": group, "forward_dtype": forward_dtype,
+            "true_sequential": true_sequential, "single_pass_blocks": q.single_pass_blocks, "ppl_float": base,
             "ppl_rtn": rtn.perplexity, "ppl_gptq": gptq.perplexity, "kl_rtn": rtn.kl, "kl_gptq": gptq.kl,
             "recovery": recovery,
             "linears": len(q.layer_stats), "linears_gptq_better": wins,
@@ -124,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
             "layer_errors": {n: {"gptq": st["gptq"], "rtn": st["rtn"]} for n, st in q.layer_stats.items()},
         }
         rec = "n/a" if recovery is None else f"{100 * recovery:.0f} %"
-        print(f"{label:22s} {forward_dtype:8s} RTN {rtn.perplexity:8.3f}  GPTQ {gptq.perplexity:8.3f}  "
+        order = "true-seq" if true_sequential else "two-pass"
+        print(f"{label:22s} {forward_dtype:8s} {order:8s} RTN {rtn.perplexity:8.3f}  GPTQ {gptq.perplexity:8.3f}  "
               f"recovery {rec:>6s}  "
               f"GPTQ<RTN on {wins}/{len(q.layer_stats)} Linears  calibration {seconds:6.1f} s (CPU {cpu:.0f} s)  "
               f"peak RSS {row['peak_rss_mib']:.0f} MiB", flush=True)
@@ -136,9 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
         quantize_model(model, None, RTNQuantizer(bits, group, symmetric=True), progress=False)
         rtn = evaluator.evaluate(model)
         del model
-        for forward_dtype in args.forward_dtypes.split(","):
-            rows.append(calibrate(bits, group, forward_dtype, label, rtn))
-            out = write()
+        for true_sequential in {"off": [False], "on": [True], "both": [False, True]}[args.true_sequential]:
+            for forward_dtype in args.forward_dtypes.split(","):
+                rows.append(calibrate(bits, group, forward_dtype, true_sequential, label, rtn))
+                out = write()
     print(f"wrote {out}")
     return {"rows": rows}
 
