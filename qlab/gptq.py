@@ -392,8 +392,7 @@ class GPTQQuantizer:
             batch = self._single_batch(inputs, modules)
             if batch is not None:
                 out = self._sequential_single_pass(block, inputs, batch, order, modules, full, bar)
-                order = []
-            for names in order:
+            for names in order if batch is None else []:  # too large for one pass: one partial pass per group
                 sub = {n: modules[n] for n in names}
                 _, accs = _collect_hessians(block, inputs, sub, prefix, stop_early=True)
                 out.update(self._quantize_group(names, modules, accs[names[0]], full))
