@@ -1,26 +1,41 @@
 """qlab.heap: inside reuse_freed_memory() a freed large tensor's memory is reused without page faults; outside
-(and after it) glibc maps fresh pages for each one. Counted with the kernel's minor-fault counter."""
+(and after it) glibc maps fresh pages for each one. Counted with the kernel's minor-fault counter, in a fresh
+interpreter: a process whose heap already holds large free holes (after earlier big work) serves big requests
+from them without any mmap, which would hide the difference."""
 
+import json
 import platform
-import resource
+import subprocess
+import sys
 
-import torch
+from qlab.heap import reuse_freed_memory
 
+PROBE = """
+import json, resource, torch
 from qlab.heap import reuse_freed_memory
 
 SIZE = 256 << 20  # far above glibc's largest automatic mmap threshold (32 MiB)
 
-
-def _faults_of_a_second_allocation() -> int:
+def faults_of_a_second_allocation():
     def touch():
         t = torch.empty(SIZE // 4)
         t.fill_(1.0)
         del t
-
     touch()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     touch()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+out = {"outside": faults_of_a_second_allocation()}
+with reuse_freed_memory() as active:
+    out["active"] = active
+    out["inside"] = faults_of_a_second_allocation()
+    with reuse_freed_memory():
+        pass
+    out["nested_exit"] = faults_of_a_second_allocation()  # the inner exit keeps the outer setting
+out["after"] = faults_of_a_second_allocation()
+print(json.dumps(out))
+"""
 
 
 def test_freed_large_tensors_are_reused_only_inside():
@@ -28,14 +43,10 @@ def test_freed_large_tensors_are_reused_only_inside():
         with reuse_freed_memory() as active:
             assert active is False  # nothing to tune there: a no-op that says so
         return
-    outside = _faults_of_a_second_allocation()
-    with reuse_freed_memory() as active:
-        assert active is True
-        inside = _faults_of_a_second_allocation()
-        with reuse_freed_memory():
-            pass
-        nested_exit = _faults_of_a_second_allocation()  # the inner exit keeps the outer setting
-    after = _faults_of_a_second_allocation()
-    assert outside >= 10  # (4 KiB pages: ≈ 65,536; transparent huge pages: ≈ 128)
-    assert inside * 10 <= outside and nested_exit * 10 <= outside
-    assert after * 2 >= outside  # glibc's behaviour is back
+    p = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["active"] is True
+    assert r["outside"] >= 10  # (4 KiB pages: ≈ 65,536; transparent huge pages: ≈ 128)
+    assert r["inside"] * 10 <= r["outside"] and r["nested_exit"] * 10 <= r["outside"]
+    assert r["after"] * 2 >= r["outside"]  # glibc's behaviour is back
