@@ -1,7 +1,7 @@
 """GPTQ vs RTN on the embedded model: perplexity, per-layer reconstruction error, calibration time and memory.
 
     .venv/bin/python benchmarks/gptq_calibration.py [--nsamples 128 --seqlen 512 --settings 4:64,3:64,3:channel]
-                                                    [--forward-dtypes float32,bfloat16]
+        [--act-order --true-sequential both --forward-dtypes float32,bfloat16]
 
 For each setting (bits:group, symmetric grid) the embedded SmolLM2-135M (dithered float32 reference) is quantized
 with RTN and with GPTQ (calibration: `--nsamples` × `--seqlen` tokens of the wiki calibration split, walked block
