@@ -410,9 +410,10 @@ class GPTQQuantizer:
         forward's activations (each Linear's output plus a few hidden-sized tensors per token, 4 bytes each) would
         exceed max_pass_bytes."""
         shapes = {tuple(h.shape) for h in inputs.hidden}
-        if len(shapes) != 1 or len(next(iter(shapes))) != 3 or next(iter(shapes))[0] != 1:
+        shape = shapes.pop()
+        if shapes or len(shape) != 3 or shape[0] != 1:
             return None
-        _, T, width = next(iter(shapes))
+        _, T, width = shape
         per_token = sum(m.out_features for m in modules.values()) + 4 * width
         if len(inputs) * T * per_token * 4 > self.max_pass_bytes:
             return None

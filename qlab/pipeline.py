@@ -107,6 +107,7 @@ def _relative(num: float, den: float) -> float:
 
 
 @torch.no_grad()
+@reuse_freed_memory()  # large activations: reuse freed heap memory instead of page-faulting it in at every block
 def quantize_model(
     model: nn.Module,
     calib_ids: torch.Tensor | None,
@@ -126,33 +127,32 @@ def quantize_model(
     start = time.perf_counter()
     blocks = decoder_blocks(model)
     prefix = block_prefix(model)
-    with reuse_freed_memory():  # large activations: reuse freed heap memory instead of page-faulting it in
-        inputs: BlockInputs | None = None
-        if calib_ids is not None:
-            if calib_ids.dim() != 2:
-                raise BadArgumentError(f"calibration ids must be [n_samples, seqlen], got {tuple(calib_ids.shape)}")
-            inputs = capture_block_inputs(model, calib_ids, getattr(quantizer, "forward_dtype", None))
-        result = QuantizationResult({}, method=getattr(quantizer, "describe", lambda: repr(quantizer))())
-        for i, block in enumerate(tqdm(blocks, desc="quantizing blocks", disable=not progress)):
-            name = f"{prefix}.{i}"
-            if inputs is not None:
-                inputs.check_finite(f"block {name}")
-            float_block = copy.deepcopy(block) if inputs is not None and output_errors else None
-            originals = {n: m.weight.detach().clone() for n, m in layers_to_quantize(block, name, skip).items()}
-            qts = quantizer(block, inputs, name, skip)
-            result.qtensors.update(qts)
-            # a quantizer that rescales weights before rounding (AWQ) says what float weights it rounded
-            originals.update(getattr(quantizer, "float_weights", None) or {})
-            out_err: dict[str, float] = {}
-            if float_block is not None:
-                inputs, out_err = _run_and_compare(block, float_block, inputs, name, list(qts))
-            elif inputs is not None:  # a quantizer that ran the quantized block already (GPTQ single pass) says so
-                ready = getattr(quantizer, "block_outputs", None)
-                inputs = ready if ready is not None else inputs.run(block)
-            for n, qt in qts.items():
-                W, W_hat = originals[n].double(), qt.dequantize(torch.float64)
-                w_err = _relative(float(((W - W_hat) ** 2).sum()), float((W**2).sum()))
-                result.layers.append(LayerReport(n, qt.shape, qt.bits_per_weight(), w_err, out_err.get(n)))
+    inputs: BlockInputs | None = None
+    if calib_ids is not None:
+        if calib_ids.dim() != 2:
+            raise BadArgumentError(f"calibration ids must be [n_samples, seqlen], got {tuple(calib_ids.shape)}")
+        inputs = capture_block_inputs(model, calib_ids, getattr(quantizer, "forward_dtype", None))
+    result = QuantizationResult({}, method=getattr(quantizer, "describe", lambda: repr(quantizer))())
+    for i, block in enumerate(tqdm(blocks, desc="quantizing blocks", disable=not progress)):
+        name = f"{prefix}.{i}"
+        if inputs is not None:
+            inputs.check_finite(f"block {name}")
+        float_block = copy.deepcopy(block) if inputs is not None and output_errors else None
+        originals = {n: m.weight.detach().clone() for n, m in layers_to_quantize(block, name, skip).items()}
+        qts = quantizer(block, inputs, name, skip)
+        result.qtensors.update(qts)
+        # a quantizer that rescales weights before rounding (AWQ) says what float weights it rounded
+        originals.update(getattr(quantizer, "float_weights", None) or {})
+        out_err: dict[str, float] = {}
+        if float_block is not None:
+            inputs, out_err = _run_and_compare(block, float_block, inputs, name, list(qts))
+        elif inputs is not None:  # a quantizer that ran the quantized block already (GPTQ single pass) says so
+            ready = getattr(quantizer, "block_outputs", None)
+            inputs = ready if ready is not None else inputs.run(block)
+        for n, qt in qts.items():
+            W, W_hat = originals[n].double(), qt.dequantize(torch.float64)
+            w_err = _relative(float(((W - W_hat) ** 2).sum()), float((W**2).sum()))
+            result.layers.append(LayerReport(n, qt.shape, qt.bits_per_weight(), w_err, out_err.get(n)))
     result.seconds = time.perf_counter() - start
     return result
 

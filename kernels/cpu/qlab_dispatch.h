@@ -96,32 +96,23 @@ static float row1_x86(int t, int path, const void *x, const void *y, const prep8
 static float row_dot(int t, int path, const void *x, const void *y, const prep8 *p, int64_t nb) {
     (void)path;
     (void)p;
+#ifdef QLAB_X86
+    if (path == P_AVX512 || path == P_AVX2) return row1_x86(t, path, x, y, p, nb); /* every type */
+#endif
     switch (t) {
         case T_Q4_0:
-#ifdef QLAB_X86
-            if (path == P_AVX512 || path == P_AVX2) return row1_x86(t, path, x, y, p, nb);
-#endif
 #ifdef QLAB_NEON
             if (path == P_NEON) return dot_q4_0_neon((const bq4_0 *)x, (const bq8_0 *)y, nb);
 #endif
             return dot_q4_0_scalar((const bq4_0 *)x, (const bq8_0 *)y, nb);
         case T_Q8_0:
-#ifdef QLAB_X86
-            if (path == P_AVX512 || path == P_AVX2) return row1_x86(t, path, x, y, p, nb);
-#endif
 #ifdef QLAB_NEON
             if (path == P_NEON) return dot_q8_0_neon((const bq8_0 *)x, (const bq8_0 *)y, nb);
 #endif
             return dot_q8_0_scalar((const bq8_0 *)x, (const bq8_0 *)y, nb);
         case T_Q4_K:
-#ifdef QLAB_X86
-            if (path == P_AVX512 || path == P_AVX2) return row1_x86(t, path, x, y, p, nb);
-#endif
             return dot_q4_K_scalar((const bq4_K *)x, (const bq8_K *)y, nb);
         default:
-#ifdef QLAB_X86
-            if (path == P_AVX512 || path == P_AVX2) return row1_x86(t, path, x, y, p, nb);
-#endif
             return dot_q6_K_scalar((const bq6_K *)x, (const bq8_K *)y, nb);
     }
 }

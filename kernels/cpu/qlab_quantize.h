@@ -64,19 +64,24 @@ void qlab_quantize_q8_0(const float *x, void *vy, int64_t k) {
     qlab_quantize_q8_0_scalar(x, vy, k);
 }
 
+/* The signed value of the element of largest magnitude (the first one on ties), as ggml's reference quantizers pick. */
+static float signed_absmax(const float *x, int n) {
+    float max = 0.0f, amax = 0.0f;
+    for (int j = 0; j < n; j++) {
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            max = x[j];
+        }
+    }
+    return max;
+}
+
 /* ggml quantize_row_q8_K_ref: iscale = -127/max (max = signed value of largest magnitude), d = 1/iscale. */
 void qlab_quantize_q8_K(const float *x, void *vy, int64_t k) {
     bq8_K *y = (bq8_K *)vy;
     for (int64_t i = 0; i < k / QKK; i++) {
         const float *xb = x + i * QKK;
-        float max = 0, amax = 0;
-        for (int j = 0; j < QKK; j++) {
-            float ax = fabsf(xb[j]);
-            if (ax > amax) {
-                amax = ax;
-                max = xb[j];
-            }
-        }
+        const float max = signed_absmax(xb, QKK), amax = fabsf(max);
         if (!amax) {
             y[i].d = 0;
             memset(y[i].qs, 0, QKK);
@@ -102,13 +107,7 @@ void qlab_quantize_w_q4_0(const float *x, void *vy, int64_t k) {
     bq4_0 *y = (bq4_0 *)vy;
     for (int64_t i = 0; i < k / QK8; i++) {
         const float *xb = x + i * QK8;
-        float amax = 0.0f, max = 0.0f;
-        for (int j = 0; j < QK8; j++) {
-            if (amax < fabsf(xb[j])) {
-                amax = fabsf(xb[j]);
-                max = xb[j];
-            }
-        }
+        const float max = signed_absmax(xb, QK8);
         const float d = max / -8;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f32_to_f16(d);
