@@ -36,6 +36,105 @@ def test_kl_of_a_model_against_itself_is_zero(tiny_llama):
     assert r.perplexity == pytest.approx(ev.reference.perplexity, rel=1e-6)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# KL, top-1 and perplexity against oracles written here, independently of qlab.eval
+
+
+def _log_softmax(row: list[float]) -> list[float]:
+    """float64, one row, by the definition: x_i − log Σ_j exp(x_j) (shifted by the max for range)."""
+    m = max(row)
+    lse = m + math.log(math.fsum(math.exp(x - m) for x in row))
+    return [x - lse for x in row]
+
+
+def _argmax(row: list[float]) -> int:
+    best = 0
+    for i, x in enumerate(row):
+        if x > row[best]:
+            best = i
+    return best
+
+
+def _loop_oracle(reference, model, tokens: list[int], ctx: int) -> tuple[float, float, float, int]:
+    """(perplexity, mean KL(P_ref ‖ P_model), top-1 agreement, scored tokens) by plain loops in float64 over
+    consecutive windows of ctx tokens: in every window the logits at position t predict token t+1."""
+    nll = kl = 0.0
+    agree = n = 0
+    for start in range(0, len(tokens), ctx):
+        w = tokens[start : start + ctx]
+        if len(w) < 2:
+            continue
+        with torch.no_grad():
+            a = reference(torch.tensor([w])).logits[0].double().tolist()
+            b = model(torch.tensor([w])).logits[0].double().tolist()
+        for t in range(len(w) - 1):
+            la, lb = _log_softmax(a[t]), _log_softmax(b[t])
+            nll -= lb[w[t + 1]]
+            kl += math.fsum(math.exp(x) * (x - y) for x, y in zip(la, lb))
+            agree += _argmax(a[t]) == _argmax(b[t])
+            n += 1
+    return math.exp(nll / n), kl / n, agree / n, n
+
+
+class _Bigram(torch.nn.Module):
+    """A stub causal LM whose next-token log-probabilities depend only on the current token: logits = table[id]."""
+
+    def __init__(self, probs: list[list[float]]):
+        super().__init__()
+        self.table = torch.tensor(probs, dtype=torch.float64).log().float()
+
+    def forward(self, ids, use_cache=False):
+        return type("Out", (), {"logits": self.table[ids]})()
+
+
+def test_kl_top1_and_perplexity_of_two_bigram_models_in_closed_form():
+    """Reference: p = (.7, .1, .1, .1) after every token. Model: the same after token 0, (.1, .7, .1, .1) after
+    any other. After a non-zero token KL(p ‖ q) = .7·ln 7 + .1·ln(1/7) = .6·ln 7 and the top-1 tokens differ;
+    after token 0 the KL is 0 and they agree. Tokens [1 0 0 2 | 0 3 3 0 | 0 1] in windows of 4 score 7
+    positions (each window's first token is not scored), conditioned on 1 0 0 | 0 3 3 | 0: 3 non-zero of 7.
+    Model NLL of the next tokens 0 0 2 | 3 3 0 | 1: −ln .1 six times and −ln .7 once; reference: 0 0 2 3 3 0 1
+    under p: −ln .7 three times, −ln .1 four times."""
+    ref = _Bigram([[0.7, 0.1, 0.1, 0.1]] * 4)
+    model = _Bigram([[0.7, 0.1, 0.1, 0.1]] + [[0.1, 0.7, 0.1, 0.1]] * 3)
+    tokens = torch.tensor([1, 0, 0, 2, 0, 3, 3, 0, 0, 1])
+    ev = Evaluator(ref, tokens, ctx=4, progress=False)
+    r = ev.evaluate(model)
+    assert r.tokens == ev.reference.tokens == 7
+    # float32 log-probabilities of O(1) size carry ≤ a few·2⁻²⁴ absolute error: rel=1e-5 leaves > 10× room
+    assert r.kl == pytest.approx(3 / 7 * 0.6 * math.log(7), rel=1e-5)
+    assert r.top1 == pytest.approx(4 / 7, abs=1e-12)
+    assert r.perplexity == pytest.approx(math.exp((6 * math.log(10) - math.log(0.7)) / 7), rel=1e-5)
+    assert ev.reference.perplexity == pytest.approx(math.exp((4 * math.log(10) - 3 * math.log(0.7)) / 7), rel=1e-5)
+    assert perplexity(model, tokens, ctx=4, progress=False).perplexity == pytest.approx(r.perplexity, rel=1e-6)
+
+
+def test_kl_and_top1_of_two_different_llamas_equal_a_float64_loop(tiny_llama):
+    """Two different tiny Llamas (the second's weights moved by noise): Evaluator's KL, top-1 and perplexity
+    equal `_loop_oracle`'s, which recomputes log-softmax, KL(P_ref ‖ P_model) and argmax per position in float64.
+    Tolerance: Evaluator works in float32 on log-probabilities |log p| ≲ 10, so each carries ≲ 10·2⁻²³ ≈ 1.2e-6
+    absolute error, and KL = Σ p (a − b) then errs by ≲ 2.4e-6 (Σ p = 1) plus a float32 summation over 256
+    terms (≲ 256·2⁻²⁴·Σ|p(a − b)|, of the same order): abs=1e-5 per mean KL. Top-1 counts must be equal: a
+    float32 tie that flips an argmax needs two logits within one ulp, which these seeded inputs do not have."""
+    other = copy.deepcopy(tiny_llama)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for m in (tiny_llama, other):
+            m.lm_head.weight.mul_(10)  # sharper distributions than the 0.02-std initialisation's near-uniform ones
+        for p in other.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    tokens = torch.randint(0, 256, (150,), generator=torch.Generator().manual_seed(12))
+    ev = Evaluator(tiny_llama, tokens, ctx=64, progress=False)  # windows of 64, 64 and 22 tokens
+    r = ev.evaluate(other)
+    ppl, kl, top1, n = _loop_oracle(tiny_llama, other, tokens.tolist(), 64)
+    assert r.tokens == n == 63 + 63 + 21
+    assert 0.05 < kl and 0.05 < top1 < 0.95, (kl, top1)  # a case where KL and top-1 mean something
+    assert r.kl == pytest.approx(kl, abs=1e-5)
+    assert r.top1 == top1
+    assert r.perplexity == pytest.approx(ppl, rel=1e-5)
+    ref_ppl, ref_kl, ref_top1, _ = _loop_oracle(tiny_llama, tiny_llama, tokens.tolist(), 64)
+    assert ev.reference.perplexity == pytest.approx(ref_ppl, rel=1e-5) and (ref_kl, ref_top1) == (0.0, 1.0)
+
+
 def test_block_walk_reproduces_the_forward_pass(tiny_llama):
     ids = torch.randint(0, 256, (3, 40), generator=torch.Generator().manual_seed(2))
     inputs = capture_block_inputs(tiny_llama, ids)
