@@ -61,6 +61,12 @@ class HessianAccumulator:
         S = self.S.clone()
         for a, b in zip(self.edges[:-1], self.edges[1:]):
             S[b:, a:b] = S[a:b, b:].T  # mirror the upper blocks
+            # a diagonal block's two triangles come from different BLAS sums (summation order, SIMD width and
+            # kernel differ between CPUs), so they agree only to rounding: keep the upper one and mirror it,
+            # which makes H bitwise symmetric by construction on every machine
+            D = S[a:b, a:b]
+            upper = torch.ones(b - a, b - a, dtype=torch.bool).triu()
+            S[a:b, a:b] = torch.where(upper, D, D.T)
         return S * (2.0 / self.n)
 
 

@@ -115,6 +115,25 @@ def test_hessian_accumulator_block_triangle_is_the_full_symmetric_product(K):
     assert torch.allclose(H, 2 * X.T @ X / 300, rtol=1e-12, atol=1e-12)
 
 
+def test_hessian_is_symmetric_whatever_the_blas_sums():
+    """H is bitwise symmetric by construction, not by luck of a BLAS kernel: the two triangles of a diagonal block
+    of XᵀX come from different dot products, whose summation order (SIMD width, MKL's AVX2 vs AVX-512 vs AMX
+    kernels) differs between CPUs, so they may differ in the last bit (seen on an AMD EPYC and here under
+    MKL_ENABLE_INSTRUCTIONS=AVX2). Simulate such a BLAS by perturbing every accumulated entry by a few ulps:
+    H must still equal Hᵀ exactly and keep the upper triangle's values."""
+    K = 383
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(200, K, generator=g, dtype=torch.float64)
+    acc = HessianAccumulator(K, dtype=torch.float64)
+    acc.add(X)
+    acc.S *= 1 + 4 * torch.finfo(torch.float64).eps * torch.randn(K, K, generator=g, dtype=torch.float64)
+    D = acc.S[: acc.edges[1], : acc.edges[1]]  # the first diagonal block
+    assert not torch.equal(D, D.T)  # the simulated BLAS is not symmetric
+    H = acc.H
+    assert torch.equal(H, H.T)
+    assert torch.equal(H.triu(), (acc.S * (2.0 / acc.n)).triu())  # the upper triangle is what was summed
+
+
 def test_damping_retry_is_reported():
     W, H, _ = _problem()
     # an indefinite Hessian that 1 % dampening cannot repair but 10 % can
