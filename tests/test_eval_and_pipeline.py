@@ -88,22 +88,24 @@ class _Bigram(torch.nn.Module):
 
 
 def test_kl_top1_and_perplexity_of_two_bigram_models_in_closed_form():
-    """Reference: p = (.7, .1, .1, .1) after every token. Model: the same after token 0, (.1, .7, .1, .1) after
-    any other. After a non-zero token KL(p ‖ q) = .7·ln 7 + .1·ln(1/7) = .6·ln 7 and the top-1 tokens differ;
-    after token 0 the KL is 0 and they agree. Tokens [1 0 0 2 | 0 3 3 0 | 0 1] in windows of 4 score 7
-    positions (each window's first token is not scored), conditioned on 1 0 0 | 0 3 3 | 0: 3 non-zero of 7.
-    Model NLL of the next tokens 0 0 2 | 3 3 0 | 1: −ln .1 six times and −ln .7 once; reference: 0 0 2 3 3 0 1
-    under p: −ln .7 three times, −ln .1 four times."""
+    """Reference: p = (.7, .1, .1, .1) after every token. Model: the same after token 0, q = (.3, .5, .1, .1)
+    after any other. After a non-zero token KL(p ‖ q) = .7·ln(7/3) + .1·ln(1/5) (the reverse direction,
+    .3·ln(3/7) + .5·ln 5, differs) and the top-1 tokens differ; after token 0 the KL is 0 and they agree.
+    Tokens [1 0 0 2 | 0 3 3 0 | 0 1] in windows of 4 score 7 positions (each window's first token is not
+    scored), conditioned on 1 0 0 | 0 3 3 | 0: 3 non-zero of 7. Model NLL of the next tokens 0 0 2 | 3 3 0 | 1:
+    −ln .3 twice (after 1 and 3), −ln .1 four times, −ln .7 once; reference under p: −ln .7 three times,
+    −ln .1 four times."""
     ref = _Bigram([[0.7, 0.1, 0.1, 0.1]] * 4)
-    model = _Bigram([[0.7, 0.1, 0.1, 0.1]] + [[0.1, 0.7, 0.1, 0.1]] * 3)
+    model = _Bigram([[0.7, 0.1, 0.1, 0.1]] + [[0.3, 0.5, 0.1, 0.1]] * 3)
     tokens = torch.tensor([1, 0, 0, 2, 0, 3, 3, 0, 0, 1])
     ev = Evaluator(ref, tokens, ctx=4, progress=False)
     r = ev.evaluate(model)
     assert r.tokens == ev.reference.tokens == 7
     # float32 log-probabilities of O(1) size carry ≤ a few·2⁻²⁴ absolute error: rel=1e-5 leaves > 10× room
-    assert r.kl == pytest.approx(3 / 7 * 0.6 * math.log(7), rel=1e-5)
+    assert r.kl == pytest.approx(3 / 7 * (0.7 * math.log(7 / 3) + 0.1 * math.log(1 / 5)), rel=1e-5)
     assert r.top1 == pytest.approx(4 / 7, abs=1e-12)
-    assert r.perplexity == pytest.approx(math.exp((6 * math.log(10) - math.log(0.7)) / 7), rel=1e-5)
+    nll = 2 * math.log(10 / 3) + 4 * math.log(10) - math.log(0.7)
+    assert r.perplexity == pytest.approx(math.exp(nll / 7), rel=1e-5)
     assert ev.reference.perplexity == pytest.approx(math.exp((4 * math.log(10) - 3 * math.log(0.7)) / 7), rel=1e-5)
     assert perplexity(model, tokens, ctx=4, progress=False).perplexity == pytest.approx(r.perplexity, rel=1e-6)
 
