@@ -2,16 +2,17 @@
 
     file = "GGUF" | u32 version | u64 n_tensors | u64 n_kv | kv pairs | tensor infos | padding | tensor data
 
-The container is parsed by the `gguf` package's GGUFReader after qlab's own sanity checks (magic, version,
-counts that fit in the file, every tensor's bytes inside the file), so a truncated or corrupted file raises
-FileFormatError instead of crashing or hanging. attn_q / attn_k rows are put back into Hugging Face's rotary
-order (the inverse of writer.gguf_rows_from_hf).
+The container is parsed by qlab itself (qlab.gguf.container): every count, length and offset is checked
+against the bytes that remain before it is used, alignment and tensor layout as llama.cpp requires, so a
+truncated, corrupted or crafted file raises FileFormatError instead of crashing, hanging or filling memory.
+Before a model is built, its hyper-parameters, tensor shapes and types and its tokenizer metadata are checked
+(qlab.gguf.llama_check). attn_q / attn_k rows are put back into Hugging Face's rotary order (the inverse of
+writer.gguf_rows_from_hf).
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -20,29 +21,15 @@ import numpy as np
 import torch
 
 from ..errors import BadArgumentError, FileFormatError, ModelNotFoundError, QlabError
+from .container import Container, TensorInfo, open_container
+from .llama_check import check_tensors, check_tokenizer, llama_hparams
 from .writer import hf_name
 
-_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, smallest value
-_MIN_TENSOR_INFO_BYTES = 8 + 4 + 8 + 4 + 8  # name length, n_dims, one dim, type, offset
+_FLOAT_TYPES = ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64")
 
 
-def _check_header(path: Path) -> None:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if len(head) < 24 or head[:4] != b"GGUF":
-        raise FileFormatError(f"{path} is not a GGUF file (no 'GGUF' magic in its first bytes): give a .gguf file")
-    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
-    if version not in (2, 3):
-        raise FileFormatError(f"{path}: GGUF version {version} is not supported (2 or 3): the header is corrupted "
-                              f"or the file is from a newer llama.cpp")
-    if n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES > size - 24:
-        raise FileFormatError(f"{path}: the header announces {n_tensors} tensors and {n_kv} metadata entries, more "
-                              f"than a {size}-byte file can hold: the file is corrupted or truncated")
-
-
-def _open(path: str | os.PathLike):
-    """The checked GGUFReader of a file; parsed once per file version (a 49k-token vocabulary takes seconds to
+def _open(path: str | os.PathLike) -> Container:
+    """The checked container of a file; parsed once per file version (a 49k-token vocabulary takes a while to
     parse): cached on path, inode, size, mtime and a checksum of the first 4 MB (header, metadata, tensor infos)."""
     import zlib
 
@@ -56,149 +43,148 @@ def _open(path: str | os.PathLike):
 
 
 @lru_cache(maxsize=8)
-def _open_parsed(path_str: str, ino: int, size: int, mtime_ns: int, crc: int):
-    import gguf
-
-    path = Path(path_str)
-    _check_header(path)
-    try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except Exception as e:  # noqa: BLE001 - any parse failure of a damaged file is a format error
-        raise FileFormatError(f"{path} is not a readable GGUF file ({e.__class__.__name__}: {e}); it is truncated "
-                              f"or corrupted: re-download or re-export it") from e
-    size = path.stat().st_size
-    for t in reader.tensors:
-        blk, nbytes = gguf.GGML_QUANT_SIZES.get(t.tensor_type, (None, None))
-        if blk is None:
-            raise FileFormatError(f"{path}: tensor {t.name} has unknown GGML type {t.tensor_type}")
-        expected = int(np.prod(t.shape, dtype=np.int64)) // blk * nbytes
-        if t.data_offset + expected > size or t.data.nbytes != expected:
-            raise FileFormatError(f"{path}: tensor {t.name} needs {expected} bytes at offset {t.data_offset} but the "
-                                  f"file has {size} bytes: it is truncated")
-    return reader
+def _open_parsed(path_str: str, ino: int, size: int, mtime_ns: int, crc: int) -> Container:
+    return open_container(path_str)
 
 
-def _field_value(field):
-    import gguf
-
-    if not field.types:
-        return None
-    if field.types[0] == gguf.GGUFValueType.ARRAY:
-        return list(field.contents())
-    return field.contents()
-
-
-def _metadata(reader, path) -> dict:
-    try:
-        return {k: _field_value(f) for k, f in reader.fields.items() if not k.startswith("GGUF.")}
-    except (UnicodeDecodeError, ValueError, IndexError) as e:
-        raise FileFormatError(f"{path}: the metadata cannot be decoded ({e.__class__.__name__}: {e}); the file is "
-                              f"corrupted") from e
+def _metadata(container: Container) -> dict:
+    """A fresh copy of the metadata (lists copied: callers may edit them without touching the cache)."""
+    return {k: list(v) if isinstance(v, list) else v for k, v in container.metadata.items()}
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
     """The key/value metadata of a GGUF file (strings, numbers, lists)."""
-    return _metadata(_open(path), path)
+    return _metadata(_open(path))
 
 
-def _dequantize(t) -> np.ndarray:
+def loadable(type_name: str) -> bool:
+    """Whether qlab can dequantize tensors of this ggml type (its own block formats, floats, gguf-py's others)."""
+    import gguf.quants
+
+    from .blocks import QTYPES
+
+    return type_name in _FLOAT_TYPES or type_name in QTYPES or any(
+        t.name == type_name for t in getattr(gguf.quants, "_type_traits", {}))
+
+
+def _dequantize(t: TensorInfo) -> np.ndarray:
+    """float32 values of a tensor in numpy order: qlab's block formats; floats directly; gguf-py for the rest."""
     import gguf
 
-    try:
-        from . import block_info
-        from . import dequantize as qlab_dequantize
+    from . import QTYPES
+    from . import dequantize as qlab_dequantize
 
-        block_info(t.tensor_type.name)
-    except (ImportError, QlabError):  # a type qlab has no block format for (IQ*): gguf-py's reference dequantizer
-        qlab_dequantize = None
-    shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # numpy order [rows, cols]
-    T = gguf.GGMLQuantizationType
-    if t.tensor_type == T.F32:
-        return np.asarray(t.data, dtype=np.float32).reshape(shape)
-    if t.tensor_type in (T.F16, T.BF16, T.F64):
-        return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
-    try:
-        if qlab_dequantize is None:
-            raise NotImplementedError
-        return np.asarray(qlab_dequantize(np.asarray(t.data, dtype=np.uint8).reshape(-1), t.tensor_type.name, shape),
-                          dtype=np.float32).reshape(shape)
-    except NotImplementedError:  # types qlab has no block format for (IQ*): gguf-py's reference dequantizer
-        return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+    if t.type_name == "BF16":
+        return (t.raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(t.shape)
+    if t.type_name in _FLOAT_TYPES:
+        return np.asarray(t.data, dtype=np.float32)
+    if t.type_name in QTYPES:
+        return np.asarray(qlab_dequantize(t.raw, t.type_name, t.shape), dtype=np.float32)
+    if not loadable(t.type_name):
+        raise NotImplementedError(f"no dequantizer for {t.type_name}")
+    return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(t.shape)
+
+
+def _head_counts(meta: dict, path) -> tuple[int | None, int | None]:
+    """(head_count, head_count_kv) of a llama file when present, checked as positive integers."""
+    from .llama_check import int_key
+
+    if meta.get("general.architecture", "llama") != "llama" or "llama.attention.head_count" not in meta:
+        return None, None
+    n_head = int_key(meta, "llama.attention.head_count", path)
+    return n_head, int_key(meta, "llama.attention.head_count_kv", path, n_head)
+
+
+def _to_hf_rows(name: str, a: np.ndarray, heads: tuple, path) -> np.ndarray:
+    """attn_q / attn_k rows from llama.cpp's interleaved rotary order to Hugging Face's."""
+    from ..model import hf_rows_from_gguf
+
+    n = heads[0] if ".attn_q." in name else heads[1] if ".attn_k." in name else None
+    if n is None:
+        return a
+    if a.ndim != 2 or a.shape[0] % (2 * n):
+        raise FileFormatError(f"{path}: tensor {name!r} has shape {a.shape}; its rows must split into {n} heads of "
+                              f"rotary pairs (a multiple of {2 * n}): the file is corrupted")
+    return hf_rows_from_gguf(a, n)
 
 
 def read_gguf(path: str | os.PathLike, progress: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     """(metadata, {GGUF tensor name: float32 array in numpy order [rows, cols]}) with q/k rows in HF order."""
     from tqdm.auto import tqdm
 
-    from ..model import hf_rows_from_gguf
-
-    reader = _open(path)
-    meta = _metadata(reader, path)
-    arch = meta.get("general.architecture", "llama")
-    n_head = meta.get(f"{arch}.attention.head_count")
-    n_kv = meta.get(f"{arch}.attention.head_count_kv", n_head)
+    container = _open(path)
+    meta = _metadata(container)
+    heads = _head_counts(meta, path)
     tensors = {}
-    for t in tqdm(reader.tensors, desc="reading GGUF", disable=not progress):
+    for t in tqdm(container.tensors, desc="reading GGUF", disable=not progress):
         try:
             a = _dequantize(t)
-        except (ValueError, IndexError) as e:
-            raise FileFormatError(f"{path}: tensor {t.name} cannot be decoded ({e}): the file is corrupted") from e
-        if arch == "llama" and ".attn_q." in t.name and n_head:
-            a = hf_rows_from_gguf(a, int(n_head))
-        elif arch == "llama" and ".attn_k." in t.name and n_kv:
-            a = hf_rows_from_gguf(a, int(n_kv))
-        tensors[t.name] = a
+        except (ValueError, IndexError, NotImplementedError, QlabError) as e:
+            raise FileFormatError(f"{path}: tensor {t.name!r} of type {t.type_name} cannot be decoded "
+                                  f"({e.__class__.__name__}: {e}): qlab reads float and block-quantized types") from e
+        tensors[t.name] = _to_hf_rows(t.name, a, heads, path) if heads[0] else a
     return meta, tensors
 
 
 def tensor_types(path: str | os.PathLike) -> dict[str, str]:
     """{GGUF tensor name: GGML type name} of a file."""
-    return {t.name: t.tensor_type.name for t in _open(path).tensors}
+    return {t.name: t.type_name for t in _open(path).tensors}
 
 
 def llama_config(meta: dict, tied: bool):
-    """A transformers LlamaConfig from a GGUF file's llama.* metadata."""
+    """A transformers LlamaConfig from a GGUF file's llama.* metadata (checked: FileFormatError names the key)."""
     from transformers import LlamaConfig
 
-    if meta.get("general.architecture") != "llama":
-        raise FileFormatError(f"qlab loads llama-architecture GGUF files; this one is "
-                              f"{meta.get('general.architecture')!r}")
-    g = lambda key, default=None: meta.get(f"llama.{key}", default)  # noqa: E731
+    hp = llama_hparams(meta)
     try:
-        n_head = int(g("attention.head_count"))
-        hidden = int(g("embedding_length"))
-        vocab = g("vocab_size") or len(meta["tokenizer.ggml.tokens"])
         return LlamaConfig(
-            vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(g("feed_forward_length")),
-            num_hidden_layers=int(g("block_count")), num_attention_heads=n_head,
-            num_key_value_heads=int(g("attention.head_count_kv", n_head)),
-            head_dim=int(g("attention.key_length", hidden // n_head)),
-            max_position_embeddings=int(g("context_length", 2048)),
-            rms_norm_eps=float(g("attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_parameters={"rope_type": "default", "rope_theta": float(g("rope.freq_base", 10000.0))},
-            tie_word_embeddings=tied,
-            bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
-            pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
-        )
-    except (TypeError, KeyError) as e:
-        raise FileFormatError(f"the GGUF metadata lacks llama hyper-parameters ({e}): the file is incomplete") from e
+            vocab_size=hp.vocab, hidden_size=hp.hidden, intermediate_size=hp.ff, num_hidden_layers=hp.layers,
+            num_attention_heads=hp.n_head, num_key_value_heads=hp.n_kv, head_dim=hp.head_dim,
+            max_position_embeddings=hp.context, rms_norm_eps=hp.eps,
+            rope_parameters={"rope_type": "default", "rope_theta": hp.theta}, tie_word_embeddings=tied,
+            bos_token_id=hp.special.get("bos"), eos_token_id=hp.special.get("eos"),
+            pad_token_id=hp.special.get("padding"))
+    except (ValueError, TypeError) as e:  # transformers' own validation, should the checks above miss a rule
+        raise FileFormatError(f"the GGUF's llama hyper-parameters do not make a valid LlamaConfig ({e})") from e
+
+
+def check_llama_file(path: str | os.PathLike, with_tokenizer: bool = True):
+    """(container, hyper-parameters) of a llama GGUF file after every check a model build needs: hyper-parameters,
+    each expected tensor's shape and type, and (with_tokenizer) the tokenizer metadata."""
+    container = _open(path)
+    meta = container.metadata
+    hp = llama_hparams(meta, path)
+    check_tensors(hp, {t.name: (t.shape, t.type_name) for t in container.tensors}, loadable, path)
+    if with_tokenizer:
+        check_tokenizer(meta, path)
+    return container, hp
+
+
+def _gguf_tokenizer(path: Path):
+    """transformers' tokenizer built from the file's (checked) tokenizer metadata; any failure a FileFormatError."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - transformers' converter on checked but unusual metadata
+        raise FileFormatError(f"{path}: transformers cannot build a tokenizer from its tokenizer.ggml.* metadata "
+                              f"({e.__class__.__name__}: {str(e)[:200]}); pass a tokenizer instead") from e
 
 
 def load_gguf_model(path: str | os.PathLike, progress: bool = False, tokenizer=None):
     """(model, tokenizer) from a llama GGUF file: qlab dequantizes every tensor into a float32 LlamaForCausalLM;
-    the tokenizer comes from transformers' GGUF tokenizer support (or is the one given)."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    the tokenizer comes from transformers' GGUF tokenizer support (or is the one given; False: none).
+    Everything is checked before the model is built: a bad file raises FileFormatError naming the key or tensor."""
+    from transformers import LlamaForCausalLM
 
     path = Path(path)
+    check_llama_file(path, with_tokenizer=tokenizer is None)
     meta, tensors = read_gguf(path, progress=progress)
     cfg = llama_config(meta, tied="output.weight" not in tensors)
     model = LlamaForCausalLM(cfg).to(torch.float32)
-    sd = {}
-    for g, a in tensors.items():
-        name = hf_name(g)
-        if name is None:
-            continue
-        sd[name] = torch.from_numpy(np.array(a, dtype=np.float32))
+    sd = {hf_name(g): torch.from_numpy(np.array(a, dtype=np.float32)) for g, a in tensors.items() if hf_name(g)}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
@@ -207,7 +193,7 @@ def load_gguf_model(path: str | os.PathLike, progress: bool = False, tokenizer=N
     model.eval()
     model.qlab_description = f"{path.name} (GGUF {meta.get('general.file_type')}, dequantized by qlab to float32)"
     if tokenizer is None:  # tokenizer=False: no tokenizer wanted
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tokenizer = _gguf_tokenizer(path)
     return model, tokenizer
 
 
