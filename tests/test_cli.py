@@ -34,10 +34,14 @@ def test_quantize_then_eval(tmp_path, embedded):
     # independent uniform errors of 8-bit RTN's step Δ (test_eval_and_pipeline.rounding_noise_twin). The
     # bounds (KL ≤ 3·KL_noise, top-1 flips ≤ √3·flips_noise + 3σ, |ln ppl ratio| ≤ KL + 5·√(2·KL/n)) are
     # derived in test_eval_and_pipeline.test_embedded_8bit_rtn_is_nearly_lossless.
+    from test_eval_and_pipeline import (
+        assert_perplexity_within_kl_bound,
+        assert_within_rounding_bound,
+        rounding_noise_twin,
+    )
+
     from qlab.data import eval_tokens
     from qlab.eval import EvalResult, Evaluator
-    from test_eval_and_pipeline import (assert_perplexity_within_kl_bound, assert_within_rounding_bound,
-                                        rounding_noise_twin)
 
     model, tok = embedded
     ev = Evaluator(model, eval_tokens(tok, str(text), 256), ctx=128, progress=False)
