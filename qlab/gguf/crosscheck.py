@@ -22,6 +22,10 @@ activation-rounded run is thus one draw from a distribution. ``jitter`` (seeded 
 float32 rounding size, on each Linear's input before rounding) draws more; ``llama_cpp_agreement`` compares
 qlab's mean over draws with llama.cpp's mean over its own settings, next to the plain float evaluation
 (benchmarks/gguf_agreement.py records both on 2,048 tokens).
+
+llama.cpp's library (llama-cpp-python) is a ~8 min source build that `make lab` does not wait for (`make oracle`
+builds it): ``require_llama_cpp`` raises ``LlamaCppMissingError`` with that instruction, ``llama_cpp_available``
+lets a notebook cell say so instead of failing.
 """
 
 from __future__ import annotations
@@ -36,7 +40,35 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import BadArgumentError
+from ..errors import BadArgumentError, QlabError
+
+LLAMA_CPP_MISSING = ("llama.cpp's library is not installed: run `make oracle` (it builds llama-cpp-python from "
+                     "source once, ~8 min on two cores), then restart the kernel")
+
+
+class LlamaCppMissingError(QlabError, ImportError):
+    """llama-cpp-python, llama.cpp's library and the oracle of the GGUF cross-checks, cannot be imported."""
+
+
+def require_llama_cpp():
+    """The llama_cpp module, or LlamaCppMissingError saying how to build it (`make oracle`)."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        raise LlamaCppMissingError(LLAMA_CPP_MISSING) from e
+    except OSError as e:  # installed, but its shared libraries do not load (a broken or foreign build)
+        raise LlamaCppMissingError(f"llama.cpp's library is installed but does not load ({e}): reinstall it with "
+                                   "`pip uninstall -y llama-cpp-python && make oracle`") from e
+    return llama_cpp
+
+
+def llama_cpp_available() -> bool:
+    """Whether llama.cpp's library imports (notebook cells that need it print LLAMA_CPP_MISSING otherwise)."""
+    try:
+        require_llama_cpp()
+    except LlamaCppMissingError:
+        return False
+    return True
 
 # the activation format of each weight type's dot product (ggml-cpu's type_traits_cpu[type].vec_dot_type)
 VEC_DOT_TYPE = {
@@ -198,6 +230,7 @@ def llama_cpp_agreement(path: str | os.PathLike, tokens: torch.Tensor, ctx: int 
 
     if draws < 1:
         raise BadArgumentError(f"draws must be >= 1, got {draws}")
+    require_llama_cpp()  # before loading the model: say it now, not after a minute
     unknown = [s for s in settings if s not in LLAMA_SETTINGS]
     if unknown or "default" not in settings:
         raise BadArgumentError(f"settings must include 'default' and be among {list(LLAMA_SETTINGS)}, got {settings}")
