@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import resource
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from qlab.awq import AWQQuantizer, AWQWarning  # noqa: E402
 from qlab.data import calibration_batches  # noqa: E402
 from qlab.model import decoder_blocks, load_model  # noqa: E402
+from qlab.output import check_result_path, write_result  # noqa: E402
 from qlab.pipeline import RTNQuantizer, block_prefix, quantize_model  # noqa: E402
 from qlab.walk import capture_block_inputs  # noqa: E402
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         "reference_perplexity": evaluator.reference.perplexity if evaluator else None,
         "eval_protocol": evaluator.protocol if evaluator else None,
     }
-    out = Path(args.out)
+    out = check_result_path(args.out)
     for bits in [int(b) for b in str(args.bits).split(",")]:
         rows = []
         for method in args.methods.split(","):
@@ -157,10 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _write(out: Path, result: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    write_result(out, result, "benchmarks/awq_calibration.py")
 
 
 if __name__ == "__main__":

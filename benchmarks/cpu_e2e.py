@@ -35,6 +35,7 @@ from qlab.cpu_quant_linear import decode_tokens_per_second, gguf_model_bytes, sw
 from qlab.data import eval_tokens  # noqa: E402
 from qlab.eval import perplexity, protocol  # noqa: E402
 from qlab.model import embedded_gguf_path, load_model  # noqa: E402
+from qlab.output import check_result_path, write_result  # noqa: E402
 
 PROMPT = "The history of the city begins in the early middle ages, when"
 
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--llama-only", action="store_true", help="redo only the llama.cpp rows of an existing --out")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_e2e.json")
     a = ap.parse_args()
+    check_result_path(a.out)
     torch.set_num_threads(a.threads)
     model, tok = load_model()
     tokens = eval_tokens(tok, "wiki", max_tokens=a.ppl_tokens)
@@ -143,11 +145,7 @@ def main() -> None:
            "decode": "greedy, 32 new tokens after a 16-token prompt, prompt excluded, best of 2",
            "reference": "embedded SmolLM2-135M, float32 dithered reference (qlab.model.load_model())",
            "loadavg_at_end": os.getloadavg(), "results": rows}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=a.out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(out, f, indent=1)
-    os.replace(tmp, a.out)
+    write_result(a.out, out, "benchmarks/cpu_e2e.py")
     print(f"wrote {a.out}")
 
 

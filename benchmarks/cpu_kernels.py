@@ -19,11 +19,9 @@ under machine.qlab_call_overhead_us. Writes benchmarks/results/cpu_kernels.json 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # ggml_cpu_oracle lives with the tests
 
 import qlab.kernels.cpu as K  # noqa: E402
+
+from qlab.output import check_result_path, write_result  # noqa: E402
 
 SHAPES = [(576, 1536), (1536, 576), (4096, 4096), (4096, 11008)]  # (K = in_features, N = out_features)
 QTYPES = ["Q4_0", "Q8_0", "Q4_K", "Q6_K"]
@@ -158,25 +158,18 @@ def run(shapes, Ms, threads, qtypes, budget_s: float, progress: bool = True) -> 
     }
 
 
-def write_json(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4096x4096, M = 1, one thread")
     ap.add_argument("--budget", type=float, default=0.4, help="seconds of timing per configuration")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu_kernels.json")
     a = ap.parse_args()
+    check_result_path(a.out)
     if a.quick:
         res = run([(4096, 4096)], [1], [1], QTYPES, a.budget)
     else:
         res = run(SHAPES, [1, 8], [1, 2], QTYPES, a.budget)
-    write_json(res, a.out)
+    write_result(a.out, res, "benchmarks/cpu_kernels.py")
     print(f"wrote {a.out}")
 
 

@@ -14,7 +14,6 @@ Writes benchmarks/results/gguf_agreement.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -39,12 +38,12 @@ def main() -> None:
     from qlab.gguf.crosscheck import llama_cpp_agreement
     from qlab.gguf.writer import export_gguf
     from qlab.model import load_model
+    from qlab.output import check_result_path, write_result
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model, tok = load_model()
     tokens = eval_tokens(tok, "wiki", max_tokens=args.tokens)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_result_path(args.out)
     rows = []
     print(f"{'type':7} {'float':>8} {'ggml draws':>26} {'llama.cpp settings':>26} {'gap float':>9} {'gap ggml':>8} "
           f"{'llama spread':>12} {'KL f':>7} {'KL g':>7} {'KL self':>7}")
@@ -68,9 +67,7 @@ def main() -> None:
             result = {"protocol": f"{len(tokens)} wiki tokens, {args.ctx}-token windows, all but first token scored",
                       "settings": args.settings.split(","), "draws": args.draws, "jitter": 1e-6,
                       "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "rows": rows}
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(result, indent=1))
-            os.replace(tmp, out)
+            write_result(out, result, "benchmarks/gguf_agreement.py")
     print(f"wrote {out}")
 
 

@@ -11,11 +11,9 @@ Goal (issue 6): ratio >= 0.2 for Q4_K and Q6_K.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import ggml_oracle  # noqa: E402
 
 from qlab import gguf  # noqa: E402
+from qlab.output import check_result_path, write_result  # noqa: E402
 
 DEFAULT_TYPES = "Q4_K,Q6_K,Q2_K,Q3_K,Q5_K,Q4_0,Q4_1,Q5_0,Q5_1,Q8_0"
 
@@ -51,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gguf_quantize_speed.json"))
     args = ap.parse_args(argv)
+    check_result_path(args.out)
 
     oracle = ggml_oracle.load()
     rng = np.random.default_rng(args.seed)
@@ -79,12 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
         "numpy": np.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, out)
+    out = write_result(args.out, report, "benchmarks/gguf_quantize_speed.py")
     print(f"wrote {out}")
     return report
 

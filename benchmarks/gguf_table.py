@@ -12,7 +12,6 @@ KL(P_ref ‖ P) is against the float reference (the dithered embedded model). Wr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -39,6 +38,7 @@ def main() -> None:
     from qlab.gguf.reader import llama_cpp_evaluate, load_gguf_model, tensor_types
     from qlab.gguf.writer import export_gguf
     from qlab.model import load_model, parameter_count
+    from qlab.output import check_result_path, write_result
 
     model, tok = load_model()
     tokens = eval_tokens(tok, "wiki", max_tokens=args.tokens)
@@ -53,17 +53,14 @@ def main() -> None:
         print(f"imatrix: {args.imatrix_samples}×512 calibration tokens in {time.perf_counter() - t0:.0f} s")
         runs += [(t, True) for t in args.imatrix_types.split(",") if t]
     rows = []
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = check_result_path(args.out)
 
     def save() -> None:  # after every row, atomically: a long run interrupted still leaves its table
         result = {"model": getattr(model, "qlab_description", "smollm2-135m"), "weights": n_weights,
                   "reference_perplexity": ev.reference.perplexity, "protocol": ev.protocol, "eval_text": "wiki",
                   "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                   "imatrix_samples": args.imatrix_samples, "rows": rows}
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out)
+        write_result(out, result, "benchmarks/gguf_table.py")
 
     print(f"{'type':16} {'bpw':>6} {'ppl qlab':>9} {'ppl llama':>9} {'ratio':>6} {'KL qlab':>8} {'KL llama':>8} "
           f"{'export s':>8}")

@@ -19,12 +19,10 @@ benchmarks/results/gptq_calibration.json. Goals (issue 4): recovery ≥ 70 % at 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +35,7 @@ from qlab.data import calibration_batches, eval_tokens  # noqa: E402
 from qlab.eval import Evaluator  # noqa: E402
 from qlab.gptq import GPTQQuantizer  # noqa: E402
 from qlab.model import load_model  # noqa: E402
+from qlab.output import check_result_path, write_result  # noqa: E402
 from qlab.pipeline import RTNQuantizer, quantize_model  # noqa: E402
 
 
@@ -72,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gptq_calibration.json"))
     args = ap.parse_args(argv)
+    check_result_path(args.out)
     torch.set_num_threads(args.threads)
 
     ref, tok = load_model()
@@ -92,13 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": f"{platform.machine()} {os.cpu_count()} CPUs, {platform.processor() or platform.platform()}",
             "torch": torch.__version__, "rows": rows,
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, out)
-        return out
+        return write_result(args.out, result, "benchmarks/gptq_calibration.py")
 
     def calibrate(bits, group, forward_dtype, true_sequential, label, rtn) -> dict:
         model, _ = load_model()

@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,11 +247,9 @@ def goal_verdicts(rows: list[dict]) -> list[dict]:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    from qlab.output import write_result
+
+    write_result(path, data, "benchmarks/kernels.py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-check", action="store_true", help="time even if the correctness check fails")
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end tokens/s of a SmolLM2-shaped model")
     args = ap.parse_args(argv)
+    from qlab.output import check_result_path
+
+    check_result_path(args.out)
 
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("benchmarks/kernels.py times compiled kernels: unset TRITON_INTERPRET (the CPU interpreter).",

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_folder
 from .errors import FileFormatError
+from .output import atomic_folder
 from .qtensor import QuantizedTensor
 
 _FIELDS = ("codes", "scales", "zeros", "g_idx")
@@ -26,10 +26,12 @@ def _flatten(qtensors: dict[str, QuantizedTensor]) -> tuple[dict[str, torch.Tens
     return tensors, layout
 
 
-def save_quantized(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_dir, meta: dict) -> Path:
-    """Write the folder atomically (a temporary sibling renamed into place)."""
+def save_quantized(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_dir, meta: dict,
+                   overwrite: bool = False, protect=()) -> Path:
+    """Write the folder atomically (a temporary sibling renamed into place; qlab.output's rules for an
+    existing out_dir: overwrite / protect)."""
     out = Path(out_dir)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite, protect=protect, kind="quantized model") as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tensors, layout = _flatten(qtensors)
@@ -41,19 +43,40 @@ def save_quantized(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_d
     return out
 
 
-def load_quantized(folder) -> tuple:
-    """(model, tokenizer, qtensors, meta) from a folder written by `save_quantized`."""
-    from .model import load_model
-
+def check_quantized_folder(folder) -> Path:
+    """The folder, or FileFormatError when it is not one `save_quantized` wrote."""
     folder = Path(folder)
     if not (folder / "qlab.json").is_file() or not (folder / "quantized.safetensors").is_file():
         raise FileFormatError(f"{folder} is not a qlab quantized folder (no qlab.json / quantized.safetensors): "
                               f"write one with `qlab quantize --out DIR`")
-    meta = json.loads((folder / "qlab.json").read_text())
-    tensors = load_file(folder / "quantized.safetensors")
-    qtensors = {
-        name: QuantizedTensor(**{f: tensors[f"{name}.{f}"] for f in _FIELDS}, **spec)
-        for name, spec in meta.pop("layers").items()
-    }
+    return folder
+
+
+def read_meta(folder) -> dict:
+    """What produced a qlab quantized folder (its qlab.json)."""
+    path = Path(folder) / "qlab.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise FileFormatError(f"{path} cannot be read ({e}): write the folder again with `qlab quantize`") from e
+    if not isinstance(meta, dict):
+        raise FileFormatError(f"{path} is not a JSON object: write the folder again with `qlab quantize`")
+    return meta
+
+
+def load_quantized(folder) -> tuple:
+    """(model, tokenizer, qtensors, meta) from a folder written by `save_quantized`."""
+    from .model import load_model
+
+    folder = check_quantized_folder(folder)
+    try:
+        meta = read_meta(folder)
+        layers = meta.pop("layers")
+        tensors = load_file(folder / "quantized.safetensors")
+        qtensors = {name: QuantizedTensor(**{f: tensors[f"{name}.{f}"] for f in _FIELDS}, **spec)
+                    for name, spec in layers.items()}
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError) as e:  # safetensors raises its own errors too
+        raise FileFormatError(f"{folder}: qlab.json / quantized.safetensors are damaged ({e.__class__.__name__}: "
+                              f"{e}): write the folder again with `qlab quantize`") from e
     model, tokenizer = load_model(folder)
     return model, tokenizer, qtensors, meta

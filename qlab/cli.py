@@ -16,30 +16,72 @@ from pathlib import Path
 from .errors import BadArgumentError, QlabError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors raise BadArgumentError, so that --json still ends with a JSON error line."""
+
+    def error(self, message):
+        raise BadArgumentError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def _int_at_least(low: int, what: str):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be an integer, not {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{what} must be ≥ {low}, not {n}")
+        return n
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+def _bits(value: str) -> int:
+    n = _int_at_least(2, "bits")(value)
+    if n > 8:
+        raise argparse.ArgumentTypeError(f"bits must be an integer from 2 to 8, not {n}")
+    return n
+
+
 def _group(value: str):
     if value in ("channel", "tensor"):
         return value
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"group size must be an integer, 'channel' or 'tensor', not {value!r}")
+        raise argparse.ArgumentTypeError(f"group size must be a positive integer, 'channel' or 'tensor', "
+                                         f"not {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"group size must be a positive integer (or 'channel' for one group per "
+                                         f"row, 'tensor' for one per tensor), not {n}")
+    return n
+
+
+def _fraction(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"damping must be a number, not {value!r}") from None
+    if not 0 <= x <= 1:
+        raise argparse.ArgumentTypeError(f"damping is a fraction of mean diag(H): give a number in [0, 1], not "
+                                         f"{value}")
+    return x
 
 
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("rtn", "gptq", "awq"), default="rtn")
-    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--bits", type=_bits, default=4, help="2 to 8")
     p.add_argument("--group-size", type=_group, default=64, help="int dividing the rows, 'channel' or 'tensor'")
     p.add_argument("--sym", action="store_true", help="symmetric grid (default: asymmetric, integer zero-point)")
     p.add_argument("--skip", nargs="*", default=[], help="Linear names (or suffixes) to keep in float")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration samples (GPTQ/AWQ)")
-    p.add_argument("--seqlen", type=int, default=512, help="tokens per calibration sample")
-    p.add_argument("--seed", type=int, default=0)
+    _add_calibration_args(p, 128)
     p.add_argument("--no-output-errors", action="store_true",
                    help="skip measuring each Linear's output error against the float block (one forward pass per "
                         "block less; the table then shows weight errors only)")
     g = p.add_argument_group("GPTQ")
-    g.add_argument("--damp", type=float, default=0.01, help="dampening, fraction of mean diag(H)")
-    g.add_argument("--block-size", type=int, default=128, help="lazy-batch width B")
+    g.add_argument("--damp", type=_fraction, default=0.01, help="dampening, fraction of mean diag(H)")
+    g.add_argument("--block-size", type=_int_at_least(1, "block size"), default=128, help="lazy-batch width B")
     g.add_argument("--act-order", action="store_true", help="quantize columns by descending diag(H)")
     g.add_argument("--static-groups", action="store_true", help="group grids fixed before the sweep")
     g.add_argument("--true-sequential", action="store_true",
@@ -49,7 +91,8 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="dtype of the calibration forward passes (bfloat16: autocast, faster on CPUs with bf16 "
                         "matrix units; Hessians and the sweep stay float32)")
     a = p.add_argument_group("AWQ")
-    a.add_argument("--alpha-grid", type=int, default=20, help="points of the α grid in [0, 1]")
+    a.add_argument("--alpha-grid", type=_int_at_least(2, "alpha grid points"), default=20,
+                   help="points of the α grid in [0, 1]")
     a.add_argument("--no-clip", action="store_true", help="skip the clipping search")
     a.add_argument("--then", choices=("rtn", "gptq"), default="rtn", help="quantizer applied after AWQ scaling")
     a.add_argument("--objective", choices=("linear", "module"), default="linear",
@@ -57,6 +100,14 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
     a.add_argument("--duo-scaling", action="store_true", help="s = mean|x|^α / mean|w|^(1−α) instead of mean|x|^α")
     a.add_argument("--shared-clip", action="store_true",
                    help="one shrink factor for both ends of each group's range (default: min and max searched apart)")
+
+
+def _add_calibration_args(p: argparse.ArgumentParser, nsamples: int, seed: bool = True) -> None:
+    p.add_argument("--nsamples", type=_int_at_least(1, "nsamples"), default=nsamples,
+                   help="calibration samples (GPTQ/AWQ)")
+    p.add_argument("--seqlen", type=_int_at_least(2, "seqlen"), default=512, help="tokens per calibration sample")
+    if seed:
+        p.add_argument("--seed", type=_int_at_least(0, "seed"), default=0)
 
 
 def make_quantizer(args):
@@ -89,17 +140,45 @@ def _quantize(model, tokenizer, args, progress=True):
                           output_errors=not getattr(args, "no_output_errors", False))
 
 
+def _check_inputs(args, text_role: str | None = "evaluation") -> None:
+    """The checks every command makes before any model loads: the model name and the text source."""
+    from .data import check_source
+    from .model import model_source
+
+    model_source(args.model)
+    if args.dataset is not None:
+        if text_role is None:
+            raise BadArgumentError(f"--dataset is calibration text, and {args.method.upper()} uses none: drop "
+                                   f"--dataset, or choose --method gptq / awq")
+        check_source(args.dataset)
+
+
+def _check_out(args, kind: str, size_bytes: int = 0):
+    """The --out path checked (qlab.output's rules) before work starts; the model read is protected."""
+    from .output import check_output
+
+    return check_output(args.out, kind, args.overwrite, size_bytes, protect=[args.model])
+
+
 def cmd_quantize(args) -> dict:
     from .checkpoint import save_quantized
     from .model import describe, load_model
+    from .walk import linear_layers
 
+    _check_inputs(args, None if args.method == "rtn" else "calibration")
+    if args.out:
+        _check_out(args, "folder")
     model, tokenizer = load_model(args.model)
+    if args.out:  # the float model, one byte per quantized weight (codes), its scales: known once it is loaded
+        floats = sum(p.numel() * p.element_size() for p in model.parameters())
+        _check_out(args, "folder", floats + sum(m.weight.numel() for m in linear_layers(model).values()))
     result = _quantize(model, tokenizer, args)
     print(result.table())
     meta = {"base_model": args.model or "smollm2-135m", "method": result.method, "bits": args.bits,
             "group_size": args.group_size, "symmetric": args.sym, "calibration": args.dataset or "wiki",
             "description": f"{describe(model)} — quantized with {result.method}"}
-    out = save_quantized(model, tokenizer, result.qtensors, args.out, meta) if args.out else None
+    out = save_quantized(model, tokenizer, result.qtensors, args.out, meta, args.overwrite,
+                         protect=[args.model]) if args.out else None
     summary = {"method": result.method, "bits_per_weight": round(result.bits_per_weight(), 4),
                "seconds": round(result.seconds, 2), "layers": len(result.layers), "out": str(out) if out else None}
     print(f"{result.method}: {summary['layers']} Linears, {summary['bits_per_weight']} bits/weight, "
@@ -115,13 +194,18 @@ def _eval_tokens(tokenizer, args):
 
 def cmd_eval(args) -> dict:
     from .eval import Evaluator, perplexity, protocol
-    from .model import describe, load_model
+    from .model import describe, load_model, model_source
 
+    _check_inputs(args)
+    if args.reference:
+        model_source(args.reference)
     model, tokenizer = load_model(args.model)
     tokens = _eval_tokens(tokenizer, args)
     reference = args.reference
     if reference is None and args.model and (Path(args.model) / "qlab.json").is_file():
-        reference = json.loads((Path(args.model) / "qlab.json").read_text()).get("base_model")
+        from .checkpoint import read_meta
+
+        reference = read_meta(args.model).get("base_model")
     if reference:
         ref_model, _ = load_model(reference)
         r = Evaluator(ref_model, tokens, args.ctx).evaluate(model)
@@ -140,25 +224,33 @@ def cmd_eval(args) -> dict:
 def parse_setting(text: str) -> argparse.Namespace:
     """'method:bits:group[:sym|asym]', e.g. 'rtn:4:64:sym', 'gptq:3:channel'."""
     parts = text.split(":")
-    if len(parts) not in (3, 4) or parts[0] not in ("rtn", "gptq", "awq"):
-        raise BadArgumentError(f"setting {text!r} is not method:bits:group[:sym|asym] (e.g. rtn:4:64:sym)")
+    if len(parts) not in (3, 4) or parts[0] not in ("rtn", "gptq", "awq") or parts[3:] not in ([], ["sym"], ["asym"]):
+        raise BadArgumentError(f"setting {text!r} is not method:bits:group[:sym|asym] with method rtn, gptq or awq "
+                               f"(e.g. rtn:4:64:sym)")
     ns = build_parser().parse_args(["quantize"])
-    ns.method, ns.bits, ns.group_size = parts[0], int(parts[1]), _group(parts[2])
-    ns.sym = len(parts) == 4 and parts[3] == "sym"
+    try:
+        ns.method, ns.bits, ns.group_size = parts[0], _bits(parts[1]), _group(parts[2])
+    except argparse.ArgumentTypeError as e:
+        raise BadArgumentError(f"setting {text!r}: {e}") from None
+    ns.sym = parts[3:] == ["sym"]
     return ns
 
 
 def cmd_compare(args) -> dict:
+    from .data import check_source
     from .eval import Evaluator, protocol
     from .model import load_model
 
+    settings = [parse_setting(text) for text in args.settings]
+    _check_inputs(args)
+    if args.calibration is not None:
+        check_source(args.calibration)
     model, tokenizer = load_model(args.model)
     tokens = _eval_tokens(tokenizer, args)
     evaluator = Evaluator(model, tokens, args.ctx)
     rows = [{"setting": "float32", "bits_per_weight": 32.0, "perplexity": evaluator.reference.perplexity,
              "kl": 0.0, "top1": 1.0, "seconds": 0.0, "size_mb": None}]
-    for text in args.settings:
-        s = parse_setting(text)
+    for text, s in zip(args.settings, settings):
         s.dataset, s.nsamples, s.seqlen = args.calibration, args.nsamples, args.seqlen
         q = copy.deepcopy(model)
         result = _quantize(q, tokenizer, s, progress=False)
@@ -180,9 +272,10 @@ def cmd_info(args) -> dict:
     from .data import eval_tokens
     from .eval import perplexity, protocol
     from .model import EMBEDDED_VARIANTS, describe, load_model, parameter_count
-
-    model, tokenizer = load_model(args.model)
     from .walk import linear_layers
+
+    _check_inputs(args)
+    model, tokenizer = load_model(args.model)
 
     shapes = {n: tuple(m.weight.shape) for n, m in linear_layers(model).items()}
     out = {"model": args.model or "smollm2-135m", "description": describe(model),
@@ -208,8 +301,12 @@ def cmd_export(args) -> dict:
     from .model import load_model
 
     if args.format == "gguf":
+        from .gguf import mixes
         from .gguf.writer import export_gguf
 
+        _check_inputs(args, "calibration" if args.imatrix else None)
+        mixes.file_type(args.type)
+        _check_out(args, "file")
         model, tokenizer = load_model(args.model)
         imatrix = None
         if args.imatrix:
@@ -218,16 +315,24 @@ def cmd_export(args) -> dict:
 
             imatrix = collect_imatrix(model, calibration_batches(tokenizer, args.dataset or "wiki", args.nsamples,
                                                                   args.seqlen, args.seed))
-        path = export_gguf(model, tokenizer, args.out, args.type, imatrix=imatrix)
+        path = export_gguf(model, tokenizer, args.out, args.type, imatrix=imatrix, overwrite=args.overwrite,
+                           protect=[args.model])
     else:
-        from .checkpoint import load_quantized
+        from .checkpoint import check_quantized_folder, load_quantized
 
+        if args.model is None:
+            raise BadArgumentError(f"--format {args.format} converts a folder written by `qlab quantize`: give it "
+                                   f"as --model DIR")
+        if args.dataset is not None or args.imatrix:
+            raise BadArgumentError(f"--dataset / --imatrix only apply to --format gguf; drop them for {args.format}")
+        check_quantized_folder(args.model)
+        _check_out(args, "folder")
         model, tokenizer, qtensors, _ = load_quantized(args.model)
         if args.format == "gptq":
             from .export_gptq import save_gptq_checkpoint as save
         else:
             from .export_awq import save_awq_checkpoint as save
-        path = save(model, tokenizer, qtensors, args.out)
+        path = save(model, tokenizer, qtensors, args.out, overwrite=args.overwrite, protect=[args.model])
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() \
         else Path(path).stat().st_size
     print(f"wrote {path} ({size / 2**20:.1f} MiB)")
@@ -235,7 +340,7 @@ def cmd_export(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="qlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, dataset_help):
@@ -244,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
 
     def evaluation(p):
-        p.add_argument("--ctx", type=int, default=512, help="tokens per evaluation window")
-        p.add_argument("--tokens", type=int, default=4096, help="evaluation tokens (0: the whole split)")
+        p.add_argument("--ctx", type=_int_at_least(2, "ctx"), default=512, help="tokens per evaluation window")
+        p.add_argument("--tokens", type=_int_at_least(0, "tokens"), default=4096,
+                       help="evaluation tokens (0: the whole split)")
 
     p = sub.add_parser("info", help="describe a model (and its perplexity)")
     common(p, "evaluation text (default: wiki evaluation split)")
@@ -255,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="quantize a model and write it to --out")
     common(p, "calibration text: wiki, news, code, wikitext2 or a file (default: wiki calibration split)")
     _add_quant_args(p)
-    p.add_argument("--out", default=None, help="output folder")
+    p.add_argument("--out", default=None, help="output folder (a new path, or an earlier qlab output with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier qlab output")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("eval", help="perplexity (and KL against --reference)")
@@ -270,8 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settings", nargs="+", default=["rtn:8:64", "rtn:4:64", "rtn:4:64:sym", "rtn:3:64:sym"],
                    help="method:bits:group[:sym|asym] ...")
     p.add_argument("--calibration", default=None, help="calibration text for GPTQ/AWQ (default: wiki)")
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
+    _add_calibration_args(p, 32, seed=False)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("export", help="write a GGUF file, or a GPTQ/AWQ checkpoint from a qlab folder")
@@ -279,24 +385,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("gguf", "gptq", "awq"), required=True)
     p.add_argument("--type", default="Q8_0", help="GGUF type or mix: F32, F16, Q8_0, Q4_0, ..., Q4_K_M, ...")
     p.add_argument("--imatrix", action="store_true", help="collect importance weights on calibration text")
-    p.add_argument("--nsamples", type=int, default=32)
-    p.add_argument("--seqlen", type=int, default=512)
-    p.add_argument("--seed", type=int, default=0)
+    _add_calibration_args(p, 32)
     p.add_argument("--out", required=True, help="output file (.gguf) or folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier qlab output")
     p.set_defaults(func=cmd_export)
     return parser
 
 
+def _fail(e: BaseException, as_json: bool, code: int) -> int:
+    """Print the error (and, with --json, a JSON error object as the last line); the exit code."""
+    print(f"qlab: error: {e}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": str(e), "kind": type(e).__name__}))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    as_json = "--json" in argv
     start = time.perf_counter()
     try:
+        args = build_parser().parse_args(argv)
         out = args.func(args)
     except QlabError as e:
-        print(f"qlab: error: {e}", file=sys.stderr)
-        if args.json:
-            print(json.dumps({"error": str(e), "type": type(e).__name__}))
-        return 2
+        return _fail(e, as_json, 2)
+    except KeyboardInterrupt:
+        return _fail(KeyboardInterrupt("interrupted; nothing was written at the output path"), as_json, 130)
+    except Exception as e:
+        if not as_json:
+            raise
+        import traceback
+
+        traceback.print_exc()
+        return _fail(e, as_json, 1)
     if args.json:
         out.setdefault("seconds", round(time.perf_counter() - start, 2))
         print(json.dumps(out))

@@ -69,14 +69,45 @@ def _code(max_chars: int = 3_000_000) -> str:
     return "\n\n".join(parts)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # control characters other than \t \n \v \f \r
+MAX_CONTROL_FRACTION = 0.001  # prose and code have none; one in a thousand characters means "not text"
+
+
+def check_source(source: str) -> None:
+    """Fail fast when `source` is neither a named source nor a readable text file (before any model loads)."""
+    if source in SOURCES:
+        return
+    p = Path(source).expanduser()
+    if not p.is_file():
+        raise FileFormatError(f"text {source!r} is neither a named source ({', '.join(SOURCES)}) nor an existing "
+                              f"file: check the path")
+    _check_text(p, _decode(p, p.read_bytes()[: 1 << 16], partial=True))
+
+
+def _decode(p: Path, data: bytes, partial: bool = False) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if partial and e.start >= len(data) - 3:  # a multi-byte character cut by the sample's end
+            return data[: e.start].decode("utf-8")
+        raise FileFormatError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from e
+
+
+def _check_text(p: Path, text: str) -> str:
+    """text, or FileFormatError when it holds NUL / control characters (a binary file that happens to decode)."""
+    n = len(_CONTROL.findall(text))
+    if "\x00" in text or n > MAX_CONTROL_FRACTION * max(len(text), 1):
+        raise FileFormatError(f"{p} does not look like text ({n} control characters in {len(text):,}): give a "
+                              f"plain UTF-8 text file")
+    return text
+
+
 def _read_file(path: str | os.PathLike) -> str:
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.is_file():
         raise FileFormatError(f"text file {p} does not exist; give one of {SOURCES} or the path of a UTF-8 text file")
     try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise FileFormatError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start}); convert it to UTF-8") from e
+        return _check_text(p, _decode(p, p.read_bytes()))
     except OSError as e:
         raise FileFormatError(f"cannot read {p}: {e.strerror}") from e
 

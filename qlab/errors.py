@@ -27,3 +27,7 @@ class FileFormatError(QlabError, ValueError):
 
 class NumericalError(QlabError, ArithmeticError):
     """A numerical procedure failed (e.g. a Hessian that stays non positive definite)."""
+
+
+class OutputPathError(QlabError, ValueError):
+    """An output path qlab must not or cannot write (exists and is not qlab's, protected, unwritable, no space)."""

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_folder
 from .errors import BadArgumentError
+from .output import atomic_folder, check_output
 from .qtensor import QuantizedTensor
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a word holds column AWQ_ORDER[i] of its 8
@@ -82,13 +82,15 @@ def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Te
 
 
 def save_awq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_dir,
-                        dtype: torch.dtype = torch.float16) -> Path:
+                        dtype: torch.dtype = torch.float16, overwrite: bool = False, protect=()) -> Path:
     """Write a Hugging Face folder in the AutoAWQ GEMM layout: config.json with quantization_config
     {quant_method: awq, version: gemm, bits: 4, group_size, zero_point: true}, model.safetensors holding each
     quantized Linear's qweight/qzeros/scales and every other parameter (norms, embeddings) in `dtype`, and the
-    tokenizer. The folder is written to a temporary name and renamed."""
+    tokenizer. The folder is written to a temporary name and renamed (qlab.output's rules for an existing
+    out_dir: overwrite / protect)."""
     from safetensors.torch import save_file
 
+    check_output(out_dir, "folder", overwrite, protect=protect)
     if not qtensors:
         raise BadArgumentError("no quantized layers to export: quantize the model first (qlab quantize)")
     sizes = {qt.group_size for qt in qtensors.values()}
@@ -107,7 +109,7 @@ def save_awq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], 
         tensors[k] = (v.to(dtype) if v.is_floating_point() else v).contiguous()
 
     out = Path(out_dir)
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite, protect=protect, kind="AWQ checkpoint") as tmp:
         config = model.config.to_dict()
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
         config["dtype"] = config["torch_dtype"]

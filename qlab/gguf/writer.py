@@ -27,10 +27,12 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
 from tqdm.auto import tqdm
 
-from ..errors import BadArgumentError, NonFiniteError
+from ..errors import BadArgumentError, NonFiniteError, QlabError
+from ..output import atomic_file
 from . import mixes
 
 T = GGMLQuantizationType
+WRITER_KEY = "general.quantized_by"  # GGUF's own key for who quantized a file: "qlab" marks qlab's outputs
 
 _BLOCK_NAMES = {
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
@@ -120,6 +122,17 @@ def _add_hparams(w: GGUFWriter, cfg, ftype: int, name: str) -> None:
         w.add_value_length(head_dim)
     w.add_file_type(ftype)
     w.add_quantization_version(2)
+    w.add_string(WRITER_KEY, "qlab")
+
+
+def written_by_qlab(path: Path) -> bool:
+    """Whether a GGUF file says qlab wrote it (the only files export_gguf replaces)."""
+    from .reader import read_metadata
+
+    try:
+        return read_metadata(path).get(WRITER_KEY) == "qlab"
+    except QlabError:
+        return False
 
 
 def _pre_tokenizer(tokenizer) -> str:
@@ -261,12 +274,14 @@ def model_tensors(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 
 def export_gguf(model, tokenizer, out_path: str | os.PathLike, qtype: str = "Q8_0",
-                imatrix: dict[str, np.ndarray] | None = None, progress: bool = True, pure: bool = False) -> Path:
+                imatrix: dict[str, np.ndarray] | None = None, progress: bool = True, pure: bool = False,
+                overwrite: bool = False, protect=()) -> Path:
     """Write model + tokenizer as a GGUF file of type qtype (F32, F16, Q8_0, Q4_0 ... or a mix like Q4_K_M).
 
     imatrix: {Hugging Face Linear name: mean x² per input channel} (collect_imatrix), used by the types that
     take importance weights. pure: every weight gets the file type's default type (llama-quantize --pure).
-    The file is written to a temporary name in the same folder and renamed: never a truncated file."""
+    The file is written to a temporary name in the same folder and renamed: never a truncated file; an existing
+    out_path is replaced only with overwrite=True and only when qlab wrote it (general.quantized_by = "qlab")."""
     ftype_name = mixes.file_type(qtype)
     ftype = int(mixes.FILE_TYPES[ftype_name][0])
     out_path = Path(out_path)
@@ -280,9 +295,9 @@ def export_gguf(model, tokenizer, out_path: str | os.PathLike, qtype: str = "Q8_
     types = {g: mixes.tensor_type(ftype_name, g, a.shape, cfg.num_hidden_layers, n_gqa, tied, bool(imatrix), pure)
              for g, a in tensors.items()}
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    size = sum(a.size // GGML_QUANT_SIZES[t][0] * GGML_QUANT_SIZES[t][1] for g, a in tensors.items()
+               for t in (types[g],))
+    with atomic_file(out_path, overwrite, size, protect, recognise=written_by_qlab) as tmp:
         w = GGUFWriter(tmp, "llama")
         _add_hparams(w, cfg, ftype, str(getattr(model, "qlab_description", None) or
                                         getattr(cfg, "_name_or_path", "") or "model")[:200])
@@ -303,8 +318,4 @@ def export_gguf(model, tokenizer, out_path: str | os.PathLike, qtype: str = "Q8_
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=False)
         w.close()
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out_path
