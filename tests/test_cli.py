@@ -24,8 +24,7 @@ def test_quantize_then_eval(tmp_path, embedded):
     text = tmp_path / "text.txt"
     text.write_text(TEXT)
     out = tmp_path / "q8"
-    q = last_json(qlab("quantize", "--dataset", str(text), "--bits", "8", "--group-size", "64", "--out", str(out),
-                       "--json"))
+    q = last_json(qlab("quantize", "--bits", "8", "--group-size", "64", "--out", str(out), "--json"))
     assert q["layers"] == 210 and q["bits_per_weight"] == pytest.approx(8 + 24 / 64)
     e = last_json(qlab("eval", "--model", str(out), "--dataset", str(text), "--tokens", "256", "--ctx", "128",
                        "--json"))
