@@ -33,6 +33,7 @@ HANG_SECONDS = 10  # the watchdog that turns a hang into a failure
 # ~10x their bytes (a Python int/str and its list slot per 1-8 file bytes); slack for the interpreter's caches
 MEMORY_FACTOR = 32
 MEMORY_SLACK = 8 << 20
+TRACE_EVERY = 8
 
 SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
@@ -119,8 +120,11 @@ class _Out:
         self.b, self.fields = bytearray(), []
 
     def put(self, fmt, v, kind=None):
+        width = struct.calcsize(fmt)
         if kind:
-            self.fields.append((kind, len(self.b), struct.calcsize(fmt)))
+            self.fields.append((kind, len(self.b), width))
+        if fmt[-1] in "bBhHiIqQ":  # integers wrap around, as a corrupted file would hold them
+            fmt, v = fmt.upper(), int(v) % (1 << 8 * width)
         self.b += struct.pack(fmt, v)
 
     def string(self, s, kind):
@@ -228,9 +232,11 @@ def bitflips(blob, fields, rng, n):
 
 
 def truncations(blob, fields, rng, n_random):
+    """Cuts inside and right after every field (a sample of the string items), and at random places."""
     cuts = {0, 3, 4, 8, 16, 23, 24, len(blob) - 1}
-    for _, p, w in fields:
-        cuts |= {p, p + 1, p + w - 1, p + w}
+    items = [f for f in fields if f[0] == "item_len"]
+    for _, p, w in [f for f in fields if f[0] != "item_len"] + rng.sample(items, 20):
+        cuts |= {p + 1, p + w}
     cuts |= {rng.randrange(len(blob)) for _ in range(n_random)}
     for c in sorted(x for x in cuts if 0 <= x < len(blob)):
         yield f"cut {c}", blob[:c]
@@ -243,11 +249,13 @@ def huge_values(blob, fields, rng, item_sample):
     for kind, pos, width in chosen:
         old = int.from_bytes(blob[pos:pos + width], "little")
         if kind in ("value_type", "item_type", "tensor_type"):
-            values = (STRING, ARRAY, 13, 99, 2**31, old + 1)
+            values = (0, STRING, ARRAY, 13, 99, 2**31, old + 1)
         else:
-            values = (2**64 - 1, 2**63, 2**40, 2**32 + old, len(blob) - pos, old + 1, old - 1 if old else 7)
+            values = (2**64 - 1, 2**63, 2**32 + old, len(blob) - pos, old + 1)
         for v in values:
             yield f"{kind}@{pos}={v}", _set(blob, pos, width, v)
+        if kind == "array_len":  # one-byte items: a reader that does not bound the length never hits a short read
+            yield f"u8 array_len@{pos}", _set(_set(blob, pos - 4, 4, 0), pos, width, 2**40)
 
 
 def _retyped(kv: KV):
@@ -325,7 +333,7 @@ def bad_values(doc):
         for d in range(len(t.ne)):
             for delta in (-blk, blk, -t.ne[d]):
                 ne = t.ne[:d] + (t.ne[d] + delta,) + t.ne[d + 1:]
-                data = bytes(math.prod(ne) // blk * size)
+                data = bytes(max(0, math.prod(ne) // blk * size))  # a negative dim: wraps to a huge one
                 yield f"{t.name} ne{d}{delta:+}", replace(doc, tensors=doc.tensors[:i] + [Tensor(
                     t.name, ne, t.type_id, data)] + doc.tensors[i + 1:])
         for tid in (0, 1, 3, 20, 26, 30):
@@ -404,13 +412,19 @@ def qlab_api() -> Api:
 
 
 def run_fuzz(seed_blob: bytes, folder: Path, api: Api, builds: int = 12, limit: int | None = None) -> dict:
-    """Read every mutant; returns the summary and the list of failures (wrong exception, too slow, too big)."""
+    """Read every mutant; the summary and the failures (a wrong exception, a hang, too slow, too much memory).
+
+    Memory: the process's peak RSS (ru_maxrss, for every mutant: a blow-up in any parse raises it for good) may
+    grow by at most MEMORY_FACTOR x the file size + MEMORY_SLACK over the warmed-up start; every TRACE_EVERY-th
+    mutant also runs under tracemalloc for its own peak (tracing every one would triple the test's time)."""
+    seed = folder / "seed.gguf"
+    seed.write_bytes(seed_blob)
+    read_all(seed, True, api)  # warm-up: imports and caches outside the limits
     old = signal.signal(signal.SIGALRM, _alarm)
     stats = {"mutants": 0, "classes": {}, "outcomes": {}, "failures": [], "longest": (0.0, ""), "peak": (0, ""),
-             "builds": 0, "class_builds": {}}
+             "builds": 0, "class_builds": {}, "rss0": _maxrss(), "rss": 0}
     header_end = next(p for k, p, _ in serialize(parse_doc(seed_blob))[1] if k == "data_start")
     start = time.perf_counter()
-    tracemalloc.start()
     try:
         for k, (cls, label, blob) in enumerate(mutants(seed_blob)):
             if limit is not None and k >= limit:
@@ -421,21 +435,23 @@ def run_fuzz(seed_blob: bytes, folder: Path, api: Api, builds: int = 12, limit: 
             path.write_bytes(blob)
             # a model build for the first `builds` mutants of each class whose header differs from the seed's
             build = stats["class_builds"].get(cls, 0) < builds and blob[:header_end] != seed_blob[:header_end]
-            _one(stats, cls, label, path, build, api)
+            _one(stats, cls, label, path, build, api, trace=k % TRACE_EVERY == 0)
     finally:
-        tracemalloc.stop()
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
     stats["seconds"] = time.perf_counter() - start
     return stats
 
 
-def _one(stats, cls, label, path, build, api):
-    stats["mutants"] += 1
-    stats["classes"][cls] = stats["classes"].get(cls, 0) + 1
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    t0 = time.perf_counter()
+def _maxrss() -> int:
+    """Peak resident memory of this process so far, bytes."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _read_one(stats, cls, label, path, build, api) -> str:
+    """read_all under the watchdog: the outcome's name; anything but success / FileFormatError is a failure."""
     signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
     try:
         outcome = read_all(path, build, api)
@@ -451,23 +467,40 @@ def _one(stats, cls, label, path, build, api):
         stats["failures"].append(f"{cls} {label}: {type(e).__name__}: {str(e)[:160]}")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+    return outcome
+
+
+def _one(stats, cls, label, path, build, api, trace):
+    stats["mutants"] += 1
+    stats["classes"][cls] = stats["classes"].get(cls, 0) + 1
+    size = path.stat().st_size
+    if trace:
+        tracemalloc.start()
+    t0 = time.perf_counter()
+    outcome = _read_one(stats, cls, label, path, build, api)
     dt = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1] - base
+    if trace:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        stats["peak"] = max(stats["peak"], (peak, f"{cls} {label}"))
+        if peak > MEMORY_FACTOR * size + MEMORY_SLACK:
+            stats["failures"].append(f"{cls} {label}: {peak >> 20} MiB traced for a {size}-byte file")
     key = f"{cls}:{outcome}"
     stats["outcomes"][key] = stats["outcomes"].get(key, 0) + 1
     stats["longest"] = max(stats["longest"], (dt, f"{cls} {label}"))
-    stats["peak"] = max(stats["peak"], (peak, f"{cls} {label}"))
-    size = path.stat().st_size
     if dt > PARSE_SECONDS * (3 if build else 1) and outcome != "hang":
         stats["failures"].append(f"{cls} {label}: took {dt:.2f} s")
-    if peak > MEMORY_FACTOR * size + MEMORY_SLACK:
-        stats["failures"].append(f"{cls} {label}: {peak >> 20} MiB traced for a {size}-byte file")
+    grown = _maxrss() - stats["rss0"]
+    if grown > stats["rss"] and grown > MEMORY_FACTOR * size + MEMORY_SLACK:
+        stats["failures"].append(f"{cls} {label}: peak RSS grew by {grown >> 20} MiB for a {size}-byte file")
+    stats["rss"] = max(stats["rss"], grown)
 
 
 def summary(stats) -> str:
     lines = [f"{stats['mutants']} mutants in {stats['seconds']:.1f} s ({stats['builds']} model builds); longest "
-             f"{stats['longest'][0] * 1000:.0f} ms ({stats['longest'][1]}); peak traced memory "
-             f"{stats['peak'][0] / 2**20:.2f} MiB ({stats['peak'][1]})"]
+             f"{stats['longest'][0] * 1000:.0f} ms ({stats['longest'][1]}); peak traced memory of one read "
+             f"{stats['peak'][0] / 2**20:.2f} MiB ({stats['peak'][1]}); process peak RSS growth "
+             f"{stats['rss'] / 2**20:.1f} MiB"]
     for cls, n in stats["classes"].items():
         outs = {k.split(":")[1]: v for k, v in stats["outcomes"].items() if k.startswith(cls + ":")}
         lines.append(f"  {cls:12s} {n:5d}  " + ", ".join(f"{k} {v}" for k, v in sorted(outs.items())))

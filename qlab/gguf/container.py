@@ -174,10 +174,37 @@ def _array(cur: _Cursor, key: str) -> tuple[list, int]:
         cur.fail(f"array {key!r}", "holds arrays; GGUF (llama.cpp) does not allow nested arrays")
     if itype == STRING:
         cur.need(8 * count, f"array {key!r} (declared {count} strings, 8 bytes of length each at least)")
-        return [cur.string(f"item {i} of array {key!r}") for i in range(count)], itype
+        return _strings(cur, count, key), itype
     if itype not in VALUE_DTYPES:
         cur.fail(f"array {key!r}", f"has item type {itype}, which GGUF does not define (0-12)")
     return cur.numbers(itype, count, f"array {key!r}"), itype
+
+
+def _strings(cur: _Cursor, count: int, key: str) -> list[str]:
+    """count strings of an array (the string rule of _Cursor.string, unrolled: vocabularies hold 10^5 of them)."""
+    buf, pos, end, out = cur.buf, cur.pos, cur.end, []
+    unpack = struct.Struct("<Q").unpack_from
+    for i in range(count):
+        n = unpack(buf, pos)[0] if end - pos >= 8 else None
+        if n is None or n > end - pos - 8:
+            cur.pos = pos
+            return [cur.string(f"item {i} of array {key!r}")]  # fails with the precise message
+        out.append(buf[pos + 8:pos + 8 + n])
+        pos += 8 + n
+    cur.pos = pos
+    try:
+        return [b.decode("utf-8") for b in out]
+    except UnicodeDecodeError:
+        bad = next(i for i, b in enumerate(out) if not _is_utf8(b))
+        cur.fail(f"item {bad} of array {key!r}", "is not valid UTF-8")
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _read_kv(cur: _Cursor, n_kv: int) -> tuple[dict, dict]:

@@ -7,7 +7,7 @@
              can dequantize; no per-block tensor beyond block_count
     tokenizer tokenizer.ggml.model is "gpt2" or "llama"; tokens a list of strings, one per vocabulary entry;
              token_type / scores lists of that length; merges "a b" pairs of tokens whose join is a token;
-             every *_token_id an integer in [0, vocab)
+             every tokenizer.ggml.*_token_id an integer in [0, vocab)
 
 Every failure is a FileFormatError naming the key or tensor and saying what is wrong.
 """
@@ -21,7 +21,6 @@ from ..errors import FileFormatError
 
 INT_MAX = 2**31 - 1  # hyper-parameters are int32 in llama.cpp
 _MISSING = object()
-SPECIAL_IDS = ("bos", "eos", "unk", "padding", "sep", "cls", "mask")
 TOKENIZER_MODELS = ("gpt2", "llama")
 
 
@@ -86,6 +85,12 @@ def _vocab(meta: dict, path) -> int:
     return vocab
 
 
+def special_ids(meta: dict, vocab: int, path) -> dict[str, int]:
+    """{name: id} of every tokenizer.ggml.<name>_token_id (bos, eos, unknown, padding, ...), each in [0, vocab)."""
+    keys = [k for k in meta if k.startswith("tokenizer.ggml.") and k.endswith("_token_id")]
+    return {k[len("tokenizer.ggml."):-len("_token_id")]: int_key(meta, k, path, lo=0, hi=vocab - 1) for k in keys}
+
+
 def llama_hparams(meta: dict, path="GGUF") -> LlamaHParams:
     """Check and collect every llama.* hyper-parameter qlab's LlamaConfig reads."""
     arch = meta.get("general.architecture")
@@ -108,8 +113,7 @@ def llama_hparams(meta: dict, path="GGUF") -> LlamaHParams:
             _fail(path, f"key {key!r}", f"is {meta[key]}, but qlab's llama needs it equal to the head size "
                                         f"{head_dim}")
     vocab = _vocab(meta, path)
-    special = {k: int_key(meta, f"tokenizer.ggml.{k}_token_id", path, lo=0, hi=vocab - 1)
-               for k in SPECIAL_IDS if f"tokenizer.ggml.{k}_token_id" in meta}
+    special = special_ids(meta, vocab, path)
     return LlamaHParams(
         vocab=vocab, hidden=hidden, ff=int_key(meta, "llama.feed_forward_length", path),
         layers=int_key(meta, "llama.block_count", path), n_head=n_head, n_kv=n_kv, head_dim=head_dim,
@@ -192,9 +196,7 @@ def check_tokenizer(meta: dict, path="GGUF") -> None:
     if model == "llama" and "tokenizer.ggml.scores" not in meta:
         _fail(path, "key 'tokenizer.ggml.scores'", "is missing (a llama tokenizer needs token scores)")
     _check_merges(merges or [], set(tokens), path)
-    for k in SPECIAL_IDS:
-        if f"tokenizer.ggml.{k}_token_id" in meta:
-            int_key(meta, f"tokenizer.ggml.{k}_token_id", path, lo=0, hi=len(tokens) - 1)
+    special_ids(meta, len(tokens), path)
     for k in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix"):
         if k in meta and not isinstance(meta[k], bool):
             _fail(path, f"key {k!r}", f"must be a bool, it is {type(meta[k]).__name__}")

@@ -58,12 +58,13 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 
 def loadable(type_name: str) -> bool:
-    """Whether qlab can dequantize tensors of this ggml type (its own block formats, floats, gguf-py's others)."""
+    """Whether a model weight may have this ggml type: a float type, one of qlab's block formats, or another type
+    gguf-py dequantizes (IQ*, TQ*, MXFP4); integer types (I8..I64) are read as numbers, never as weights."""
     import gguf.quants
 
     from .blocks import QTYPES
 
-    return type_name in _FLOAT_TYPES or type_name in QTYPES or any(
+    return type_name in ("F32", "F16", "BF16", "F64") or type_name in QTYPES or any(
         t.name == type_name for t in getattr(gguf.quants, "_type_traits", {}))
 
 
@@ -80,7 +81,7 @@ def _dequantize(t: TensorInfo) -> np.ndarray:
         return np.asarray(t.data, dtype=np.float32)
     if t.type_name in QTYPES:
         return np.asarray(qlab_dequantize(t.raw, t.type_name, t.shape), dtype=np.float32)
-    if not loadable(t.type_name):
+    if not any(q.name == t.type_name for q in getattr(gguf.quants, "_type_traits", {})):
         raise NotImplementedError(f"no dequantizer for {t.type_name}")
     return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(t.shape)
 
