@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import FileFormatError
@@ -75,7 +76,7 @@ def load_quantized(folder) -> tuple:
         tensors = load_file(folder / "quantized.safetensors")
         qtensors = {name: QuantizedTensor(**{f: tensors[f"{name}.{f}"] for f in _FIELDS}, **spec)
                     for name, spec in layers.items()}
-    except (ValueError, KeyError, TypeError, OSError, RuntimeError) as e:  # safetensors raises its own errors too
+    except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError) as e:
         raise FileFormatError(f"{folder}: qlab.json / quantized.safetensors are damaged ({e.__class__.__name__}: "
                               f"{e}): write the folder again with `qlab quantize`") from e
     model, tokenizer = load_model(folder)

@@ -222,10 +222,12 @@ def load_model(name: str | os.PathLike | None = None, dtype: torch.dtype = torch
     else:
         folder = name
         _check_hub_id(name)
+    from safetensors import SafetensorError
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    except (ValueError, KeyError, RuntimeError) as e:  # a damaged folder: bad JSON, truncated safetensors ...
+    except (ValueError, KeyError, RuntimeError, SafetensorError) as e:  # a damaged folder: bad JSON, truncated weights
         raise FileFormatError(f"the model folder {folder} cannot be loaded ({e.__class__.__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}): it is damaged or incomplete; "
                               f"write it again") from e
