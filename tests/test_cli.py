@@ -55,7 +55,7 @@ def test_errors_exit_2_with_a_message(tmp_path):
     short.write_text("tiny")
     p = qlab("eval", "--dataset", str(short), "--json", ok=False)
     assert p.returncode == 2 and "perplexity needs ≥ 2" in p.stderr
-    assert last_json(p)["type"] == "TextTooShortError"
+    assert last_json(p)["kind"] == "TextTooShortError"
     p = qlab("quantize", "--group-size", "128", ok=False)
     assert "does not divide the row length 576" in p.stderr and "192" in p.stderr
 

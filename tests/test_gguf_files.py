@@ -257,18 +257,37 @@ def test_truncated_model_file(tiny_files, tmp_path):
 
 
 def test_atomic_write(tiny, tokenizer, tmp_path, monkeypatch):
-    target = tmp_path / "model.gguf"
-    target.write_bytes(b"previous content")
+    """A failed write leaves nothing behind; qlab's own file is replaced only with overwrite=True (and a failed
+    replacement keeps it); a user's file of the same name is never replaced."""
+    from qlab.errors import OutputPathError
     from qlab.gguf import writer
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(writer, "_quantize_rows", boom)
-    with pytest.raises(RuntimeError):
-        export_gguf(tiny, tokenizer, target, "Q4_K_M", progress=False)
-    assert target.read_bytes() == b"previous content"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
+    target = tmp_path / "model.gguf"
+    with monkeypatch.context() as m:
+        m.setattr(writer, "_quantize_rows", boom)
+        with pytest.raises(RuntimeError):
+            export_gguf(tiny, tokenizer, target, "Q4_K_M", progress=False)
+    assert list(tmp_path.iterdir()) == []
+    export_gguf(tiny, tokenizer, target, "Q8_0", progress=False)
+    ours = target.read_bytes()
+    with pytest.raises(OutputPathError, match="--overwrite"):
+        export_gguf(tiny, tokenizer, target, "Q4_0", progress=False)
+    with monkeypatch.context() as m:
+        m.setattr(writer, "_quantize_rows", boom)
+        with pytest.raises(RuntimeError):
+            export_gguf(tiny, tokenizer, target, "Q4_K_M", progress=False, overwrite=True)
+    assert target.read_bytes() == ours
+    export_gguf(tiny, tokenizer, target, "Q4_0", progress=False, overwrite=True)
+    assert target.read_bytes() != ours and read_metadata(target)["general.file_type"] == 2  # MOSTLY_Q4_0
+    user = tmp_path / "user.gguf"
+    user.write_bytes(b"previous content")
+    with pytest.raises(OutputPathError, match="not written by qlab"):
+        export_gguf(tiny, tokenizer, user, "Q8_0", progress=False, overwrite=True)
+    assert user.read_bytes() == b"previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf", "user.gguf"]
     with pytest.raises(BadArgumentError):
         export_gguf(tiny, tokenizer, tmp_path / "m.gguf", "Q9_K", progress=False)
 
