@@ -189,6 +189,30 @@ def test_gemm_equals_rowwise_ggml_and_paths_agree(cpu, base, qt):
 
 
 @pytest.mark.parametrize("qt", QTYPES)
+@pytest.mark.parametrize("path", ["avx2", "avx512", "neon"])
+def test_simd_path_equals_scalar_bit_for_bit(base, qt, path):
+    """Each SIMD path against the scalar one, bit for bit (GEMM over 1-3 threads, and single dot products on
+    arbitrary blocks with odd block counts). The loops over PATHS above cover only the paths this CPU has, so
+    on a CPU without an ISA they pass without running it: here each path is its own test and is reported as
+    skipped, with the reason, where it cannot run."""
+    if path not in PATHS:
+        pytest.skip(f"the {path} path cannot run on this CPU ({platform.machine()}; paths here: {PATHS})")
+    k, n, m = 512, 11, 3
+    W = _weights(base, qt, n, k, seed=17)
+    X = np.random.default_rng(5).standard_normal((m, k)).astype(np.float32)
+    ref = K.gemm(qt, W, X, n_threads=1, path="scalar")
+    for threads in (1, 2, 3):
+        assert np.array_equal(K.gemm(qt, W, X, n_threads=threads, path=path), ref), threads
+    rng = np.random.default_rng(6)
+    nblocks = 3 if K.QTYPES[qt][1] == 256 else 37
+    nn = nblocks * K.QTYPES[qt][1]
+    xb = _random_blocks(qt, nblocks, rng)
+    y = K.quantize_activations(rng.standard_normal(nn).astype(np.float32), _act(qt), path="scalar")
+    a, b = K.vec_dot(qt, xb, y, path=path), K.vec_dot(qt, xb, y, path="scalar")
+    assert np.float32(a).tobytes() == np.float32(b).tobytes(), (a, b)
+
+
+@pytest.mark.parametrize("qt", QTYPES)
 def test_gemm_within_the_activation_rounding_bound_of_float(base, qt):
     """|y - W_hat x| <= sum_i |w_i| d_x(i)/2 (+ float slack): the only approximation is x -> Q8(x)."""
     k, n = 512, 8
