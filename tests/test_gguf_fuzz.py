@@ -4,9 +4,10 @@ The seed file is written by qlab's own writer (a 2-block random llama, hidden 32
 byte-level BPE tokenizer). Mutant classes: bit flips, truncations at every field boundary, huge values in every
 length / count / type field, wrong value types of every key, misaligned tensor offsets and alignments, renamed /
 deleted / duplicated keys and tensors, out-of-range hyper-parameters, token ids and dimensions, changed tensor
-types. Each mutant is read (read_metadata, read_gguf, the model checks, and a model build for a sample) and may
-only succeed or raise FileFormatError (ModelNotFoundError never occurs: every mutant file exists), within
-PARSE_SECONDS and within MEMORY_FACTOR times the file's size (+ MEMORY_SLACK) of traced memory.
+types. Each mutant is read as `qlab eval --model x.gguf` reads it (read_metadata, read_gguf, the model checks,
+and a model build, some with transformers' GGUF tokenizer, for a sample) and may only succeed or raise
+FileFormatError: no other QlabError is allowed either (ModelNotFoundError cannot be right: every mutant file
+exists), within PARSE_SECONDS and MEMORY_FACTOR times the file's size (+ MEMORY_SLACK).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ HANG_SECONDS = 10  # the watchdog that turns a hang into a failure
 MEMORY_FACTOR = 32
 MEMORY_SLACK = 8 << 20
 TRACE_EVERY = 8
+TOKENIZER_BUILD = 2
 
 SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 STRING, ARRAY = 8, 9
@@ -390,7 +392,7 @@ def read_all(path: Path, build: bool, api) -> str:
     if api.check is not None:
         api.check(path)
     if build:
-        model, _ = api.load(path)
+        model, _ = api.load(path, build == TOKENIZER_BUILD)
         n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         assert 4 * n <= MEMORY_FACTOR * path.stat().st_size + MEMORY_SLACK, f"model of {n} parameters"
     return "ok"
@@ -408,10 +410,11 @@ def qlab_api() -> Api:
     from qlab.gguf import reader
 
     return Api(reader.read_metadata, reader.read_gguf, reader.check_llama_file,
-               lambda p: reader.load_gguf_model(p, tokenizer=False))
+               lambda p, tok: reader.load_gguf_model(p, tokenizer=None if tok else False))
 
 
-def run_fuzz(seed_blob: bytes, folder: Path, api: Api, builds: int = 12, limit: int | None = None) -> dict:
+def run_fuzz(seed_blob: bytes, folder: Path, api: Api, builds: int = 12, tokenizers: int = 1,
+             limit: int | None = None) -> dict:
     """Read every mutant; the summary and the failures (a wrong exception, a hang, too slow, too much memory).
 
     Memory: the process's peak RSS (ru_maxrss, for every mutant: a blow-up in any parse raises it for good) may
@@ -422,7 +425,7 @@ def run_fuzz(seed_blob: bytes, folder: Path, api: Api, builds: int = 12, limit: 
     read_all(seed, True, api)  # warm-up: imports and caches outside the limits
     old = signal.signal(signal.SIGALRM, _alarm)
     stats = {"mutants": 0, "classes": {}, "outcomes": {}, "failures": [], "longest": (0.0, ""), "peak": (0, ""),
-             "builds": 0, "class_builds": {}, "rss0": _maxrss(), "rss": 0}
+             "builds": 0, "tokenizers": 0, "class_builds": {}, "rss0": _maxrss(), "rss": 0}
     header_end = next(p for k, p, _ in serialize(parse_doc(seed_blob))[1] if k == "data_start")
     start = time.perf_counter()
     try:
@@ -433,8 +436,10 @@ def run_fuzz(seed_blob: bytes, folder: Path, api: Api, builds: int = 12, limit: 
             if path.exists():
                 path.unlink()  # a new inode: a cached mapping of the previous mutant stays valid
             path.write_bytes(blob)
-            # a model build for the first `builds` mutants of each class whose header differs from the seed's
-            build = stats["class_builds"].get(cls, 0) < builds and blob[:header_end] != seed_blob[:header_end]
+            # a model build for the first `builds` mutants of each class whose header differs from the seed's, with
+            # transformers' GGUF tokenizer for the first `tokenizers` of them
+            n = stats["class_builds"].get(cls, 0)
+            build = (n < builds and blob[:header_end] != seed_blob[:header_end]) * (1 + (n < tokenizers))
             _one(stats, cls, label, path, build, api, trace=k % TRACE_EVERY == 0)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -455,8 +460,9 @@ def _read_one(stats, cls, label, path, build, api) -> str:
     signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
     try:
         outcome = read_all(path, build, api)
-        stats["builds"] += build
-        stats["class_builds"][cls] = stats["class_builds"].get(cls, 0) + build
+        stats["builds"] += bool(build)
+        stats["tokenizers"] += build == TOKENIZER_BUILD
+        stats["class_builds"][cls] = stats["class_builds"].get(cls, 0) + bool(build)
     except FileFormatError:
         outcome = "FileFormatError"
     except Hang:
@@ -497,7 +503,8 @@ def _one(stats, cls, label, path, build, api, trace):
 
 
 def summary(stats) -> str:
-    lines = [f"{stats['mutants']} mutants in {stats['seconds']:.1f} s ({stats['builds']} model builds); longest "
+    lines = [f"{stats['mutants']} mutants in {stats['seconds']:.1f} s ({stats['builds']} model builds, "
+             f"{stats['tokenizers']} with the tokenizer); longest "
              f"{stats['longest'][0] * 1000:.0f} ms ({stats['longest'][1]}); peak traced memory of one read "
              f"{stats['peak'][0] / 2**20:.2f} MiB ({stats['peak'][1]}); process peak RSS growth "
              f"{stats['rss'] / 2**20:.1f} MiB"]

@@ -36,10 +36,13 @@ def _open(path: str | os.PathLike) -> Container:
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"no GGUF file at {path}")
-    st = path.stat()
-    with open(path, "rb") as f:
-        crc = zlib.crc32(f.read(1 << 22))
-    return _open_parsed(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, crc)
+    try:
+        st = path.stat()
+        with open(path, "rb") as f:
+            crc = zlib.crc32(f.read(1 << 22))
+        return _open_parsed(str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, crc)
+    except OSError as e:  # unreadable (permissions, a device error): nothing to parse
+        raise ModelNotFoundError(f"cannot read the GGUF file {path} ({e.strerror or e}): check its permissions") from e
 
 
 @lru_cache(maxsize=8)
@@ -57,15 +60,19 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _metadata(_open(path))
 
 
+def _gguf_py_dequantizes(type_name: str) -> bool:
+    """Whether gguf-py has a dequantizer for this type (qlab delegates IQ*, TQ*, MXFP4 to it)."""
+    import gguf.quants
+
+    return any(t.name == type_name for t in getattr(gguf.quants, "_type_traits", {}))
+
+
 def loadable(type_name: str) -> bool:
     """Whether a model weight may have this ggml type: a float type, one of qlab's block formats, or another type
     gguf-py dequantizes (IQ*, TQ*, MXFP4); integer types (I8..I64) are read as numbers, never as weights."""
-    import gguf.quants
-
     from .blocks import QTYPES
 
-    return type_name in ("F32", "F16", "BF16", "F64") or type_name in QTYPES or any(
-        t.name == type_name for t in getattr(gguf.quants, "_type_traits", {}))
+    return type_name in ("F32", "F16", "BF16", "F64") or type_name in QTYPES or _gguf_py_dequantizes(type_name)
 
 
 def _dequantize(t: TensorInfo) -> np.ndarray:
@@ -81,7 +88,7 @@ def _dequantize(t: TensorInfo) -> np.ndarray:
         return np.asarray(t.data, dtype=np.float32)
     if t.type_name in QTYPES:
         return np.asarray(qlab_dequantize(t.raw, t.type_name, t.shape), dtype=np.float32)
-    if not any(q.name == t.type_name for q in getattr(gguf.quants, "_type_traits", {})):
+    if not _gguf_py_dequantizes(t.type_name):
         raise NotImplementedError(f"no dequantizer for {t.type_name}")
     return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(t.shape)
 
