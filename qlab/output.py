@@ -2,8 +2,8 @@
 name and renamed into place, and marked as qlab's so that only qlab's own earlier outputs are ever replaced.
 
     target            what the user named (--out)
-    .NAME.qlab-tmp-PID  the output being written (removed on error or interrupt; a later run removes it when
-                      process PID is gone, e.g. after a SIGKILL)
+    .NAME.qlab-tmp-PID  the output being written (removed on error or interrupt; a later run writing in the
+                      same folder removes it once process PID is gone, e.g. after a SIGKILL)
     .NAME.qlab-old-PID  the replaced output, between the two renames of an --overwrite
 
 Rules: an existing non-empty target is replaced only with overwrite=True and only when qlab wrote it (a folder
@@ -52,13 +52,14 @@ def _remove(path: Path) -> None:
 
 
 def clean_stale(target: str | os.PathLike) -> list[Path]:
-    """Remove temporary siblings of `target` left by qlab processes that no longer run; the removed paths."""
+    """Remove the temporaries that qlab processes no longer running left in `target`'s folder (any target's: a
+    killed run's leftover goes with the next run writing beside it); the removed paths."""
     target = Path(target)
     removed = []
     if not target.parent.is_dir():
         return removed
     for mark in (_TMP, _OLD):
-        for p in target.parent.glob(f".{target.name}{mark}*"):
+        for p in target.parent.glob(f".*{mark}*"):
             pid = p.name.rsplit(mark, 1)[1]
             if pid.isdigit() and not _pid_alive(int(pid)):
                 _remove(p)

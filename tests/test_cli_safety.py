@@ -133,10 +133,12 @@ def test_temporaries_of_dead_processes_are_cleaned(tmp_path):
     old.write_text("x")
     alive = tmp_path / f".q.qlab-tmp-{os.getpid()}"  # this process: still writing, must stay
     alive.mkdir()
-    other = tmp_path / f".other.qlab-tmp-{pid}"  # another target's: not this run's business
+    other = tmp_path / f".other.qlab-tmp-{pid}"  # another target's, killed: goes too
     other.mkdir()
-    assert sorted(clean_stale(tmp_path / "q")) == sorted([stale, old])
-    assert alive.exists() and other.exists() and not stale.exists() and not old.exists()
+    user = tmp_path / ".q.qlab-tmp-notes"  # not qlab's name (no PID): stays
+    user.mkdir()
+    assert sorted(clean_stale(tmp_path / "q")) == sorted([stale, old, other])
+    assert alive.exists() and user.exists() and not stale.exists() and not old.exists() and not other.exists()
 
 
 def test_sigterm_while_writing_removes_the_temporary(tmp_path):
