@@ -552,6 +552,26 @@ def test_gguf_tokenizer_checked(seed_file, tmp_path):
             load_gguf_model(p)
 
 
+def test_alignment_rules_as_llama_cpp(seed_file, tmp_path):
+    """general.alignment: a u32 power of two; each tensor starts where the previous one ends, padded to it."""
+    from qlab.gguf.reader import read_gguf
+
+    doc = parse_doc(seed_file.read_bytes())
+    _, want = read_gguf(seed_file)
+    good = replace(_with_key(doc, "general.alignment", 4, 64), alignment=64)
+    bad = {"power of two": _with_key(doc, "general.alignment", 4, 48),
+           "must be a u32": _with_key(doc, "general.alignment", 5, 32),
+           "expected 0": replace(doc, offsets=[32] + [0] * (len(doc.tensors) - 1))}
+    (tmp_path / "good.gguf").write_bytes(serialize(good)[0])
+    _, got = read_gguf(tmp_path / "good.gguf")
+    assert all(np.array_equal(got[k], want[k]) for k in want) and got.keys() == want.keys()
+    for message, d in bad.items():
+        (tmp_path / "bad.gguf").unlink(missing_ok=True)
+        (tmp_path / "bad.gguf").write_bytes(serialize(d)[0])
+        with pytest.raises(FileFormatError, match=message):
+            read_gguf(tmp_path / "bad.gguf")
+
+
 def test_model_load_path_errors(tmp_path, seed_file):
     """qlab.model.load_model (what `qlab eval --model x.gguf` calls) on bad files: FileFormatError."""
     from qlab.model import load_model
