@@ -28,14 +28,14 @@ oracle: $(ORACLE)
 # the build runs in the background of this recipe; its progress (cmake's [n/N] steps) is printed every 30 s
 $(ORACLE): $(STAMP)
 	@$(PY) -c "import llama_cpp" 2>/dev/null || { \
-	  echo "building llama.cpp's library (llama-cpp-python 0.3.36) from source: ~8 min on 2 cores, once (log: $(ORACLE_LOG))"; \
+	  echo "installing llama.cpp's library (llama-cpp-python 0.3.36): the first time a source build, ~8 min on 2 cores (log: $(ORACLE_LOG))"; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -v llama-cpp-python==0.3.36 >$(ORACLE_LOG) 2>&1 & pid=$$!; \
 	  start=$$(date +%s); \
-	  while kill -0 $$pid 2>/dev/null; do sleep 30; kill -0 $$pid 2>/dev/null || break; \
-	    step=$$(grep -o '^\[ *[0-9]*\(/[0-9]*\|%\)\]' $(ORACLE_LOG) | tail -1); \
+	  n=0; while kill -0 $$pid 2>/dev/null; do sleep 5; n=$$((n + 1)); [ $$((n % 6)) = 0 ] || continue; \
+	    kill -0 $$pid 2>/dev/null || break; step=$$(grep -o '\[ *[0-9]*\(/[0-9]*\|%\)\]' $(ORACLE_LOG) | tail -1); \
 	    echo "  llama.cpp build: $$(( $$(date +%s) - start )) s, step $${step:-(configuring)}"; done; \
 	  wait $$pid || { tail -30 $(ORACLE_LOG); echo "llama-cpp-python failed to build: see $(ORACLE_LOG)"; exit 1; }; \
-	  echo "llama.cpp's library is built ($$(( $$(date +%s) - start )) s)"; }
+	  echo "llama.cpp's library is installed ($$(( $$(date +%s) - start )) s)"; }
 	touch $(ORACLE)
 
 # Debian's chromium for the JupyterLab browser test (tests/test_lab_browser.py); best effort: root with apt-get
