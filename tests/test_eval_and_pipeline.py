@@ -233,7 +233,17 @@ def test_rtn_pipeline_sets_weights_reports_errors_and_skips(tiny_llama):
     for i in range(2):
         torch.testing.assert_close(tiny_llama.model.layers[i].mlp.down_proj.weight,
                                    original.model.layers[i].mlp.down_proj.weight)
-    assert all(0 < r.output_error < 1 and 0 < r.weight_error < 1 for r in result.layers)
+    assert all(0 < r.output_error < 1 for r in result.layers)
+    # weight error: the reported ‖W − Ŵ‖²/‖W‖² equals a direct float64 computation, and lies below the
+    # round-to-nearest bound Σ_groups gs·(Δ_g/2)² / ‖W‖² (each weight moves at most half its group's step)
+    assert {r.name for r in result.layers} == set(result.qtensors)
+    for r in result.layers:
+        W = original.get_submodule(r.name).weight.double()
+        qt = result.qtensors[r.name]
+        direct = float(((W - qt.dequantize().double()) ** 2).sum() / (W**2).sum())
+        assert r.weight_error == pytest.approx(direct, rel=1e-5), r.name
+        bound = float(32 * (qt.scales.double() / 2).pow(2).sum() / (W**2).sum())
+        assert direct <= bound, (r.name, direct, bound)
     assert result.bits_per_weight() == pytest.approx(3 + 16 / 32)
 
 
