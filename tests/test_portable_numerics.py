@@ -34,7 +34,7 @@ def test_awq_alpha_search_is_optimal_up_to_summation_order():
     float32 dot-product bound, and the chosen α's float64 error is within the two bounds of the true minimum.
 
     Bound: output_error = Σ (ΔW·H)∘ΔW, with ΔW·H a float32 matmul of length K (sums in float64 after it), so
-    |err₃₂ − err₆₄| ≤ γ_K · Σ_nk |ΔW_nk| (|ΔW|·|H|)_nk  (the same ΔW and H values enter both; they are exact in float64).
+    |err₃₂ − err₆₄| ≤ γ_K · Σ_nk |ΔW_nk| (|ΔW|·|H|)_nk  (the same ΔW and H values enter both, exact in float64).
     Then err₆₄[chosen] ≤ err₃₂[chosen] + tol[chosen] ≤ err₃₂[j] + tol[chosen] ≤ err₆₄[j] + tol[j] + tol[chosen]."""
     W, x_mean, H = _salient_problem()
     K = W.shape[1]
