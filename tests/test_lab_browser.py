@@ -181,7 +181,7 @@ def _open_and_run(page, lab, name: str) -> dict:
     page.wait_for_function("() => window.jupyterapp.shell.currentWidget.content.widgets"
                            ".every(c => c.model.type !== 'code' || !c.model.executionCount)")
     _menu(page, "Run", "Run All Cells")
-    return page, _wait_run_all(page, name)
+    return _wait_run_all(page, name)
 
 
 def _menu(page, menu: str, item: str) -> None:
