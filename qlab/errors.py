@@ -29,5 +29,9 @@ class NumericalError(QlabError, ArithmeticError):
     """A numerical procedure failed (e.g. a Hessian that stays non positive definite)."""
 
 
+class LlamaCppMissingError(QlabError, ImportError):
+    """llama-cpp-python, llama.cpp's library and the oracle of the GGUF cross-checks, cannot be imported."""
+
+
 class OutputPathError(QlabError, ValueError):
     """An output path qlab must not or cannot write (exists and is not qlab's, protected, unwritable, no space)."""

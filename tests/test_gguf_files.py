@@ -497,3 +497,25 @@ def test_llama_spm_tokenizer_loaded_by_llama_cpp(tmp_path):
         assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.5
     finally:
         llm.close()
+
+
+def test_missing_llama_cpp_says_make_oracle(tiny_files, monkeypatch):
+    """Without llama-cpp-python every llama.cpp entry point raises LlamaCppMissingError naming `make oracle`
+    (None in sys.modules makes `import llama_cpp` fail as if it were not installed)."""
+    import sys
+
+    from qlab.errors import LlamaCppMissingError
+    from qlab.gguf import mixes
+    from qlab.gguf.crosscheck import llama_cpp_available
+    from qlab.gguf.reader import ggml_runtime_facts, llama_cpp_evaluate, open_llama
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    monkeypatch.setitem(sys.modules, "llama_cpp.llama", None)
+    assert not llama_cpp_available()
+    f32 = tiny_files[1]
+    calls = [lambda: open_llama(f32), lambda: llama_cpp_evaluate(f32, torch.arange(8)), ggml_runtime_facts,
+             lambda: mixes.llama_cpp_quantize(f32, f32.with_name("never.gguf"), "Q8_0")]
+    for call in calls:
+        with pytest.raises(LlamaCppMissingError, match="make oracle"):
+            call()
+    assert not f32.with_name("never.gguf").exists()

@@ -40,14 +40,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import BadArgumentError, QlabError
+from ..errors import BadArgumentError, LlamaCppMissingError
 
 LLAMA_CPP_MISSING = ("llama.cpp's library is not installed: run `make oracle` (it builds llama-cpp-python from "
                      "source once, ~8 min on two cores), then restart the kernel")
-
-
-class LlamaCppMissingError(QlabError, ImportError):
-    """llama-cpp-python, llama.cpp's library and the oracle of the GGUF cross-checks, cannot be imported."""
 
 
 def require_llama_cpp():

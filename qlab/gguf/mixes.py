@@ -198,10 +198,9 @@ def llama_cpp_quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: st
     imatrix: {GGUF tensor name: importance per input column}. Needs llama-cpp-python."""
     import ctypes
 
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise BadArgumentError("llama-cpp-python is not installed: the llama.cpp oracle is unavailable") from e
+    from .crosscheck import require_llama_cpp
+
+    llama_cpp = require_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(FILE_TYPES[file_type(ftype)][0])
     params.nthread = nthread

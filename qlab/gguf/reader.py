@@ -212,7 +212,9 @@ def open_llama(path: str | os.PathLike, ctx: int = 512, n_threads: int | None = 
 
     The extra buffer types include ggml's AMX path, which dies with SIGILL ("Illegal instruction") on machines whose
     CPU reports AMX but whose kernel/sandbox does not grant AMX tile state; the plain SIMD path is used instead."""
-    import llama_cpp
+    from .crosscheck import require_llama_cpp
+
+    llama_cpp = require_llama_cpp()
     import llama_cpp.llama as llama_module
 
     kv = {"f32": 0, "f16": 1}
@@ -238,10 +240,9 @@ def llama_cpp_logprobs(path: str | os.PathLike, ws: list[torch.Tensor], ctx: int
                        flash_attn: bool = False, kv_type: str = "f32") -> Iterator[torch.Tensor]:
     """llama.cpp's log-softmax predictions for tokens 1..len-1 of each window, one [len-1, vocab] float32 tensor per
     window, yielded as computed (one model and context for all windows)."""
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as e:
-        raise ModelNotFoundError("llama-cpp-python is not installed: the llama.cpp cross-check is unavailable") from e
+    from .crosscheck import require_llama_cpp
+
+    require_llama_cpp()
     _open(path)  # clear errors for damaged files before llama.cpp sees them
     llm = open_llama(path, ctx, n_threads, flash_attn=flash_attn, kv_type=kv_type)
     try:
@@ -265,7 +266,9 @@ def llama_cpp_evaluate(path: str | os.PathLike, tokens: torch.Tensor, ctx: int =
     from tqdm.auto import tqdm
 
     from ..eval import EvalResult, windows
+    from .crosscheck import require_llama_cpp
 
+    require_llama_cpp()  # before any work (llama_cpp_logprobs is a generator: it would say so only at window 1)
     start = time.perf_counter()
     ws = windows(tokens, ctx) if reference is None else reference.windows
     nll = kl = agree = 0.0
@@ -336,8 +339,10 @@ def ggml_runtime_facts() -> dict:
     import subprocess
 
     import gguf
-    import llama_cpp
 
+    from .crosscheck import require_llama_cpp
+
+    llama_cpp = require_llama_cpp()
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
 
