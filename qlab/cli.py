@@ -140,16 +140,16 @@ def _quantize(model, tokenizer, args, progress=True):
                           output_errors=not getattr(args, "no_output_errors", False))
 
 
-def _check_inputs(args, text_role: str | None = "evaluation") -> None:
-    """The checks every command makes before any model loads: the model name and the text source."""
+def _check_inputs(args, unused_text: str | None = None) -> None:
+    """The checks every command makes before any model loads: the model name and the text source (a --dataset
+    the command would not use raises BadArgumentError(unused_text))."""
     from .data import check_source
     from .model import model_source
 
     model_source(args.model)
     if args.dataset is not None:
-        if text_role is None:
-            raise BadArgumentError(f"--dataset is calibration text, and {args.method.upper()} uses none: drop "
-                                   f"--dataset, or choose --method gptq / awq")
+        if unused_text:
+            raise BadArgumentError(unused_text)
         check_source(args.dataset)
 
 
@@ -165,7 +165,8 @@ def cmd_quantize(args) -> dict:
     from .model import describe, load_model
     from .walk import linear_layers
 
-    _check_inputs(args, None if args.method == "rtn" else "calibration")
+    _check_inputs(args, "--dataset is calibration text, and RTN uses none: drop --dataset, or choose --method gptq "
+                        "/ awq" if args.method == "rtn" else None)
     if args.out:
         _check_out(args, "folder")
     model, tokenizer = load_model(args.model)
@@ -304,7 +305,8 @@ def cmd_export(args) -> dict:
         from .gguf import mixes
         from .gguf.writer import export_gguf
 
-        _check_inputs(args, "calibration" if args.imatrix else None)
+        _check_inputs(args, None if args.imatrix else "--dataset is calibration text for --imatrix: add --imatrix, "
+                                                      "or drop --dataset")
         mixes.file_type(args.type)
         _check_out(args, "file")
         model, tokenizer = load_model(args.model)

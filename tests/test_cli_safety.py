@@ -195,6 +195,7 @@ BAD = [  # argv, error kind, words the message must hold
     (["eval", "--model", "missing.gguf"], "ModelNotFoundError", "no GGUF file"),
     (["eval", "--reference", "./nowhere"], "ModelNotFoundError", "no model at"),
     (["export", "--format", "gptq", "--out", "x"], "BadArgumentError", "give it as --model DIR"),
+    (["export", "--format", "gguf", "--dataset", "news", "--out", "m.gguf"], "BadArgumentError", "add --imatrix"),
     (["export", "--format", "gguf", "--type", "Q9_X", "--out", "m.gguf"], "BadArgumentError", "Q9_X"),
     (["compare", "--settings", "rtn:four:64"], "BadArgumentError", "rtn:four:64"),
     (["compare", "--settings", "rtn:4:64:symm"], "BadArgumentError", "method:bits:group"),
