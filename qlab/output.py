@@ -26,7 +26,7 @@ from pathlib import Path
 from .errors import OutputPathError
 
 MANIFEST = ".qlab-output.json"  # inside every folder qlab writes: {"writer": "qlab", "kind": ..., "created": ...}
-_TMP, _OLD = ".qlab-tmp-", ".qlab-old-"
+TMP_MARK, _OLD = ".qlab-tmp-", ".qlab-old-"  # in the names of outputs being written / replaced
 _SPACE_MARGIN = 1.10  # free space asked for beyond the estimate (file-system overhead, tokenizer files)
 
 
@@ -58,7 +58,7 @@ def clean_stale(target: str | os.PathLike) -> list[Path]:
     removed = []
     if not target.parent.is_dir():
         return removed
-    for mark in (_TMP, _OLD):
+    for mark in (TMP_MARK, _OLD):
         for p in target.parent.glob(f".*{mark}*"):
             pid = p.name.rsplit(mark, 1)[1]
             if pid.isdigit() and not _pid_alive(int(pid)):
@@ -105,7 +105,7 @@ def _check_writable(target: Path, size_bytes: int) -> None:
     if not base.is_dir():
         raise OutputPathError(f"cannot write {target}: {base} is a file, not a folder; choose another output path")
     try:  # a real probe: os.access says yes to root even on read-only file systems
-        probe = base / f".qlab-probe{_TMP}{os.getpid()}"
+        probe = base / f".qlab-probe{TMP_MARK}{os.getpid()}"
         probe.mkdir()
         probe.rmdir()
     except OSError as e:
@@ -196,7 +196,7 @@ def atomic_folder(target: str | os.PathLike, overwrite: bool = False, size_bytes
     `target`; on error or interrupt it is removed. `target` is checked first (check_output)."""
     target = check_output(target, "folder", overwrite, size_bytes, protect)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(target, _TMP)
+    tmp = _sibling(target, TMP_MARK)
     _remove(tmp)
     tmp.mkdir()
     try:
@@ -217,7 +217,7 @@ def atomic_file(target: str | os.PathLike, overwrite: bool = False, size_bytes: 
     An existing `target` is replaced only with overwrite=True when `recognise(target)` says qlab wrote it."""
     target = check_output(target, "file", overwrite, size_bytes, protect, recognise)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(target, _TMP)
+    tmp = _sibling(target, TMP_MARK)
     _remove(tmp)
     try:
         with _cleanup_on_sigterm():
