@@ -54,22 +54,25 @@ def _tiny(tokenizer, hidden, inter, layers, heads, kv, tied, seed):
     return model
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    """A small byte-level BPE (GPT-2 style, as SmolLM2's) trained on the spot, so the tiny models stay tiny."""
+def byte_bpe_tokenizer(vocab_size: int, texts: list[str]):
+    """A small byte-level BPE (GPT-2 style, as SmolLM2's) trained on `texts`, so the tiny models stay tiny."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    text = ["The quick brown fox jumps over the lazy dog. " * 3,
-            "Once upon a time there was a cat that sat on the mat because it was warm."] * 20
-    tk.train_from_iterator(text, trainer)
+    tk.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                    unk_token="<|endoftext|>", pad_token="<|im_end|>")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return byte_bpe_tokenizer(400, ["The quick brown fox jumps over the lazy dog. " * 3,
+                                    "Once upon a time there was a cat that sat on the mat because it was warm."] * 20)
 
 
 @pytest.fixture(scope="module", params=["k256_untied", "k_fallback_tied"])

@@ -187,17 +187,9 @@ def serialize(doc: Doc) -> tuple[bytes, list]:
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from test_gguf_files import byte_bpe_tokenizer
 
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tk.train_from_iterator(["The quick brown fox jumps over the lazy dog, then the cat sat on the mat."] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    return byte_bpe_tokenizer(300, ["The quick brown fox jumps over the lazy dog, then the cat sat on the mat."] * 20)
 
 
 def _tiny_llama(tokenizer, hidden=32, heads=4, kv=2, inter=64, layers=2, tied=False, seed=0):

@@ -295,8 +295,7 @@ def export_gguf(model, tokenizer, out_path: str | os.PathLike, qtype: str = "Q8_
     types = {g: mixes.tensor_type(ftype_name, g, a.shape, cfg.num_hidden_layers, n_gqa, tied, bool(imatrix), pure)
              for g, a in tensors.items()}
 
-    size = sum(a.size // GGML_QUANT_SIZES[t][0] * GGML_QUANT_SIZES[t][1] for g, a in tensors.items()
-               for t in (types[g],))
+    size = sum(a.size // GGML_QUANT_SIZES[types[g]][0] * GGML_QUANT_SIZES[types[g]][1] for g, a in tensors.items())
     with atomic_file(out_path, overwrite, size, protect, recognise=written_by_qlab) as tmp:
         w = GGUFWriter(tmp, "llama")
         _add_hparams(w, cfg, ftype, str(getattr(model, "qlab_description", None) or
