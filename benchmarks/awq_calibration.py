@@ -34,10 +34,11 @@ sys.path.insert(0, str(ROOT))
 
 from qlab.awq import AWQQuantizer, AWQWarning  # noqa: E402
 from qlab.data import calibration_batches  # noqa: E402
-from qlab.model import decoder_blocks, load_model  # noqa: E402
+from qlab.model import load_model  # noqa: E402
 from qlab.output import check_result_path, write_result  # noqa: E402
-from qlab.pipeline import RTNQuantizer, block_prefix, quantize_model  # noqa: E402
-from qlab.walk import capture_block_inputs  # noqa: E402
+from qlab.pipeline import quantize_model  # noqa: E402
+from qlab.rtn import RTNQuantizer  # noqa: E402
+from qlab.walk import block_prefix, capture_block_inputs, decoder_blocks  # noqa: E402
 
 
 def make(method: str, bits: int, group_size, awq_options: dict):

@@ -36,7 +36,8 @@ from qlab.eval import Evaluator  # noqa: E402
 from qlab.gptq import GPTQQuantizer  # noqa: E402
 from qlab.model import load_model  # noqa: E402
 from qlab.output import check_result_path, write_result  # noqa: E402
-from qlab.pipeline import RTNQuantizer, quantize_model  # noqa: E402
+from qlab.pipeline import quantize_model  # noqa: E402
+from qlab.rtn import RTNQuantizer  # noqa: E402
 
 
 def peak_rss_mib() -> float:

@@ -125,7 +125,7 @@ def sweep_configs(kt, M: int) -> list:
 
 def run_timings(torch, kt, pack_rows, do_bench, copy_bw: float, sweep: bool, device: str = "cuda",
                 shapes=SHAPES, ms_list=MS) -> list[dict]:
-    from qlab.roofline import weight_bytes
+    from qlab.lessons.roofline import weight_bytes
 
     rows = []
     for K, N in shapes:

@@ -47,9 +47,8 @@ from .awq_search import (  # noqa: F401  (re-exported: qlab.awq is the one impor
 )
 from .errors import BadArgumentError, NonFiniteError, TextTooShortError
 from .gptq import HessianAccumulator
-from .pipeline import is_skipped
 from .qtensor import QuantizedTensor
-from .walk import linear_layers, record_inputs
+from .walk import is_skipped, linear_layers, record_inputs
 
 # ----------------------------------------------------------------------------------------------------------
 # statistics

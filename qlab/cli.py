@@ -113,7 +113,7 @@ def _add_calibration_args(p: argparse.ArgumentParser, nsamples: int, seed: bool 
 def make_quantizer(args):
     """The block quantizer the arguments ask for."""
     if args.method == "rtn":
-        from .pipeline import RTNQuantizer
+        from .rtn import RTNQuantizer
 
         return RTNQuantizer(args.bits, args.group_size, args.sym)
     if args.method == "gptq":

@@ -373,8 +373,7 @@ class GPTQQuantizer:
     def __call__(self, block: nn.Module, inputs, prefix: str = "", skip=()) -> dict[str, QuantizedTensor]:
         from tqdm.auto import tqdm
 
-        from .pipeline import is_skipped
-        from .walk import linear_layers
+        from .walk import is_skipped, linear_layers
 
         if inputs is None:
             raise BadArgumentError("GPTQ needs calibration data: pass calibration ids to quantize_model")

@@ -245,20 +245,5 @@ def load_model(name: str | os.PathLike | None = None, dtype: torch.dtype = torch
     return model, tokenizer
 
 
-def decoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The repeated decoder blocks of a causal LM (the longest ModuleList of modules holding Linears)."""
-    best = None
-    for module in model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) > 0:
-            if any(isinstance(m, nn.Linear) for m in module[0].modules()):
-                if best is None or len(module) > len(best):
-                    best = module
-    if best is None:
-        from .errors import BadArgumentError
-
-        raise BadArgumentError("the model has no decoder blocks with nn.Linear layers: qlab cannot quantize it")
-    return best
-
-
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

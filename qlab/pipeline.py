@@ -21,56 +21,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .affine import check_finite, quantize_affine
 from .errors import BadArgumentError
 from .heap import reuse_freed_memory
-from .model import decoder_blocks
 from .qtensor import QuantizedTensor
-from .walk import BlockInputs, capture_block_inputs, linear_layers, record_outputs
-
-
-def block_prefix(model: nn.Module) -> str:
-    blocks = decoder_blocks(model)
-    for name, module in model.named_modules():
-        if module is blocks:
-            return name
-    raise BadArgumentError("decoder blocks not found in the model")
-
-
-def is_skipped(name: str, skip) -> bool:
-    """A Linear is skipped when its full name equals or ends with ("." + entry) one of the skip entries."""
-    return any(name == s or name.endswith("." + s) for s in skip)
-
-
-def layers_to_quantize(block: nn.Module, prefix: str, skip=()) -> dict[str, nn.Linear]:
-    """The block's Linears by full name, minus the skipped ones."""
-    layers = {f"{prefix}.{n}": m for n, m in linear_layers(block).items()}
-    return {n: m for n, m in layers.items() if not is_skipped(n, skip)}
-
-
-@dataclass
-class RTNQuantizer:
-    """Round-to-nearest affine quantization of each Linear (no calibration data needed)."""
-
-    bits: int = 4
-    group_size: int | str | None = 128
-    symmetric: bool = False
-    zero_point: str = "integer"
-
-    @torch.no_grad()
-    def __call__(self, block, inputs, prefix, skip=()) -> dict[str, QuantizedTensor]:
-        out = {}
-        for name, lin in layers_to_quantize(block, prefix, skip).items():
-            check_finite(lin.weight, f"weight of {name}")
-            qt = quantize_affine(lin.weight, self.bits, self.group_size, self.symmetric, zero_point=self.zero_point)
-            lin.weight.copy_(qt.dequantize(lin.weight.dtype))
-            out[name] = qt
-        return out
-
-    def describe(self) -> str:
-        kind = "sym" if self.symmetric else "asym"
-        g = self.group_size if isinstance(self.group_size, int) else (self.group_size or "channel")
-        return f"RTN int{self.bits} {kind} g{g}"
+from .walk import BlockInputs, block_prefix, capture_block_inputs, decoder_blocks, layers_to_quantize, record_outputs
 
 
 @dataclass

@@ -14,8 +14,39 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import NonFiniteError
-from .model import decoder_blocks
+from .errors import BadArgumentError, NonFiniteError
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The repeated decoder blocks of a causal LM (the longest ModuleList of modules holding Linears)."""
+    best = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if any(isinstance(m, nn.Linear) for m in module[0].modules()):
+                if best is None or len(module) > len(best):
+                    best = module
+    if best is None:
+        raise BadArgumentError("the model has no decoder blocks with nn.Linear layers: qlab cannot quantize it")
+    return best
+
+
+def block_prefix(model: nn.Module) -> str:
+    blocks = decoder_blocks(model)
+    for name, module in model.named_modules():
+        if module is blocks:
+            return name
+    raise BadArgumentError("decoder blocks not found in the model")
+
+
+def is_skipped(name: str, skip) -> bool:
+    """A Linear is skipped when its full name equals or ends with ("." + entry) one of the skip entries."""
+    return any(name == s or name.endswith("." + s) for s in skip)
+
+
+def layers_to_quantize(block: nn.Module, prefix: str, skip=()) -> dict[str, nn.Linear]:
+    """The block's Linears by full name, minus the skipped ones."""
+    layers = {f"{prefix}.{n}": m for n, m in linear_layers(block).items()}
+    return {n: m for n, m in layers.items() if not is_skipped(n, skip)}
 
 
 class _StopForward(Exception):

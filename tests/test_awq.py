@@ -469,7 +469,7 @@ def test_bad_arguments():
 def test_embedded_model_awq_beats_rtn_on_held_out_groups(embedded):
     """SmolLM2-135M as it is (576 = 9·64 wide, GQA 9/3 heads): folding exact, AWQ < RTN on ≥ 90 % of groups."""
     from qlab.data import calibration_batches
-    from qlab.model import decoder_blocks
+    from qlab.walk import decoder_blocks
 
     model, tok = embedded
     ids = calibration_batches(tok, "wiki", n_samples=8, seqlen=128, seed=3)

@@ -315,7 +315,7 @@ def test_q8_roundtrip_of_the_torch_path_matches_ggml(cpu, base):
 
 
 def test_roofline_probes_run():
-    from qlab import cpu_roofline as R
+    from qlab.lessons import cpu_roofline as R
 
     (n, bw), = R.read_bandwidth([1 << 16], reps=3)
     assert n == 1 << 16 and bw > 0

@@ -9,9 +9,9 @@ import torch
 from qlab.checkpoint import load_quantized, save_quantized
 from qlab.data import eval_tokens
 from qlab.eval import Evaluator, perplexity
-from qlab.model import decoder_blocks
-from qlab.pipeline import RTNQuantizer, quantize_model
-from qlab.walk import capture_block_inputs
+from qlab.pipeline import quantize_model
+from qlab.rtn import RTNQuantizer
+from qlab.walk import capture_block_inputs, decoder_blocks
 
 
 def test_perplexity_equals_transformers_loss(tiny_llama):

@@ -9,8 +9,7 @@ import torch
 from qlab.data import calibration_batches
 from qlab.gptq import GPTQQuantizer, HessianAccumulator, gptq_quantize_layer
 from qlab.gptq_naive import gptq_naive
-from qlab.model import decoder_blocks
-from qlab.walk import capture_block_inputs, record_inputs
+from qlab.walk import capture_block_inputs, decoder_blocks, record_inputs
 
 
 @pytest.fixture(scope="module")

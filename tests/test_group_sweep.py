@@ -9,7 +9,7 @@ import torch
 
 from qlab.errors import BadArgumentError
 from qlab.eval import perplexity
-from qlab.group_sweep import SweepRow, common_group_sizes, group_size_sweep, sweet_spot
+from qlab.lessons.group_sweep import SweepRow, common_group_sizes, group_size_sweep, sweet_spot
 
 
 @pytest.fixture(scope="module")

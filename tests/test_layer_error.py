@@ -9,7 +9,7 @@ from torch import nn
 
 from qlab.affine import fake_quantize, sqnr_db
 from qlab.errors import BadArgumentError
-from qlab.layer_error import collect_inputs, compare_granularities, relative_output_error
+from qlab.lessons.layer_error import collect_inputs, compare_granularities, relative_output_error
 
 
 def test_matches_norm_formula_and_identity_case():

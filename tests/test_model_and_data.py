@@ -7,7 +7,7 @@ import torch
 
 from qlab import FileFormatError, ModelNotFoundError, TextTooShortError, load_model
 from qlab.data import calibration_batches, eval_tokens, split_text
-from qlab.grid import levels_per_block
+from qlab.lessons.grid import levels_per_block
 from qlab.model import EXACT, embedded_gguf_path
 from qlab.walk import linear_layers
 

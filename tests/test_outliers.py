@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from qlab.errors import BadArgumentError
-from qlab.outliers import (
+from qlab.lessons.outliers import (
     activation_channel_magnitudes,
     block_index,
     count_outlier_channels,

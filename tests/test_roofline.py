@@ -1,8 +1,16 @@
-"""qlab.roofline against closed-form counts (bytes of each tensor, 2·M·N·K FLOPs)."""
+"""qlab.lessons.roofline against closed-form counts (bytes of each tensor, 2·M·N·K FLOPs)."""
 
 import pytest
 
-from qlab.roofline import SPECS, GPUSpec, intensity, matmul_traffic, roofline_seconds, speedup_bound, weight_bytes
+from qlab.lessons.roofline import (
+    SPECS,
+    GPUSpec,
+    intensity,
+    matmul_traffic,
+    roofline_seconds,
+    speedup_bound,
+    weight_bytes,
+)
 
 
 def test_bytes_and_flops_by_hand():

@@ -8,7 +8,7 @@ import torch
 
 from qlab.affine import quantize_affine
 from qlab.errors import BadArgumentError
-from qlab.rounding_stats import (
+from qlab.lessons.rounding_stats import (
     db_per_bit,
     fake_quantize_clipped,
     ideal_db_per_bit,
@@ -123,7 +123,7 @@ def test_bad_arguments():
 
 
 def test_sample_distribution_moments():
-    from qlab.rounding_stats import sample_distribution
+    from qlab.lessons.rounding_stats import sample_distribution
 
     n = 1 << 16
     u = sample_distribution("uniform", n, 2.0, seed=1)

@@ -15,8 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import BadArgumentError, NonFiniteError
-from ..model import decoder_blocks
-from ..walk import capture_block_inputs, linear_layers, record_inputs
+from ..walk import capture_block_inputs, decoder_blocks, linear_layers, record_inputs
 
 
 @torch.no_grad()
@@ -26,7 +25,7 @@ def collect_imatrix(model: nn.Module, calib_ids: torch.Tensor, progress: bool = 
     if calib_ids.dim() != 2 or calib_ids.numel() == 0:
         raise BadArgumentError(f"calibration ids must be a non-empty [n_samples, seqlen] tensor, got "
                                f"{tuple(calib_ids.shape)}")
-    from ..pipeline import block_prefix
+    from ..walk import block_prefix
 
     prefix = block_prefix(model)
     blocks = decoder_blocks(model)
@@ -55,7 +54,7 @@ def collect_imatrix(model: nn.Module, calib_ids: torch.Tensor, progress: bool = 
 
 def naive_imatrix(model: nn.Module, calib_ids: torch.Tensor) -> dict[str, np.ndarray]:
     """Reference: one full forward per sample with hooks on every decoder Linear (the oracle for the walk)."""
-    from ..pipeline import block_prefix
+    from ..walk import block_prefix
 
     prefix = block_prefix(model)
     layers = {f"{prefix}.{i}.{n}": m for i, b in enumerate(decoder_blocks(model)) for n, m in linear_layers(b).items()}

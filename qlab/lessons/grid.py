@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import decoder_blocks
-from .walk import linear_layers
+from ..walk import decoder_blocks, linear_layers
 
 
 def levels_per_block(W: torch.Tensor, block: int = 32) -> torch.Tensor:

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .affine import check_bits, check_finite, round_codes, scale_zero
-from .errors import BadArgumentError
-from .model import decoder_blocks
-from .walk import linear_layers, record_inputs
+from ..affine import check_bits, check_finite, round_codes, scale_zero
+from ..errors import BadArgumentError
+from ..walk import decoder_blocks, linear_layers, record_inputs
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .affine import mse, quantize_affine, sqnr_db
-from .bits import storage_breakdown
-from .errors import BadArgumentError
+from ..affine import mse, quantize_affine, sqnr_db
+from ..bits import storage_breakdown
+from ..errors import BadArgumentError
 
 
 def relative_output_error(W: torch.Tensor, W_hat: torch.Tensor, X: torch.Tensor) -> float:
@@ -37,7 +37,7 @@ def relative_output_error(W: torch.Tensor, W_hat: torch.Tensor, X: torch.Tensor)
 def collect_inputs(model: nn.Module, ids: torch.Tensor, names: Iterable[str], max_tokens: int | None = None
                    ) -> dict[str, torch.Tensor]:
     """Inputs [tokens, in] of the named modules of model (full names as in model.named_modules()) over ids [n, T]."""
-    from .walk import record_inputs
+    from ..walk import record_inputs
 
     mods = dict(model.named_modules())
     names = list(names)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .affine import check_bits, check_finite, resolve_group_size, round_codes, scale_zero
-from .errors import BadArgumentError
+from ..affine import check_bits, check_finite, resolve_group_size, round_codes, scale_zero
+from ..errors import BadArgumentError
 
 
 @dataclass

@@ -14,12 +14,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .bits import model_bits_per_weight
-from .errors import BadArgumentError
-from .eval import Evaluator
-from .model import decoder_blocks
-from .pipeline import RTNQuantizer, quantize_model
-from .walk import linear_layers
+from ..bits import model_bits_per_weight
+from ..errors import BadArgumentError
+from ..eval import Evaluator
+from ..pipeline import quantize_model
+from ..rtn import RTNQuantizer
+from ..walk import decoder_blocks, linear_layers
 
 
 @dataclass

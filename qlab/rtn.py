@@ -1,0 +1,42 @@
+"""Round-to-nearest (RTN): the simplest block quantizer, and the example to copy when adding a method.
+
+Each Linear of the block is rounded to the nearest level of its own affine grid (qlab.affine); no calibration
+data is needed, so the walk may pass `inputs=None`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .affine import check_finite, quantize_affine
+from .qtensor import QuantizedTensor
+from .walk import layers_to_quantize
+
+
+@dataclass
+class RTNQuantizer:
+    """Round-to-nearest affine quantization of each Linear (no calibration data needed)."""
+
+    bits: int = 4
+    group_size: int | str | None = 128
+    symmetric: bool = False
+    zero_point: str = "integer"
+
+    @torch.no_grad()
+    def __call__(self, block, inputs, prefix, skip=()) -> dict[str, QuantizedTensor]:
+        out = {}
+        for name, lin in layers_to_quantize(block, prefix, skip).items():
+            check_finite(lin.weight, f"weight of {name}")
+            qt = quantize_affine(lin.weight, self.bits, self.group_size, self.symmetric, zero_point=self.zero_point)
+            lin.weight.copy_(qt.dequantize(lin.weight.dtype))
+            out[name] = qt
+        return out
+
+    def describe(self) -> str:
+        kind = "sym" if self.symmetric else "asym"
+        g = self.group_size if isinstance(self.group_size, int) else (self.group_size or "channel")
+        return f"RTN int{self.bits} {kind} g{g}"
+
+
