@@ -63,7 +63,7 @@ def run(model, ids, method: str, bits: int, group_size, n_blocks: int, evaluator
         seconds = 0.0
         for i, block in enumerate(blocks):
             t0 = time.perf_counter()
-            q(block, inputs, f"{prefix}.{i}")
+            q.quantize_block(block, inputs, f"{prefix}.{i}")
             seconds += time.perf_counter() - t0
             inputs = inputs.run(block)
         evaluator = None  # a partly quantized model: no perplexity

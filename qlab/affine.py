@@ -132,9 +132,30 @@ def quantize_affine(
     )
 
 
-def fake_quantize(W: torch.Tensor, **kwargs) -> torch.Tensor:
-    """Quantize then dequantize, in W's dtype and shape."""
-    return quantize_affine(W, **kwargs).dequantize(W.dtype).reshape(W.shape)
+def fake_quantize(
+    W: torch.Tensor,
+    bits: int = 4,
+    group_size: int | str | None = None,
+    symmetric: bool = False,
+    rounding: str = "nearest",
+    zero_point: str = "integer",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Quantize then dequantize (arguments as quantize_affine), in W's dtype and shape: the weights a quantized
+    model computes with. Round-to-nearest per channel or group of a float32 [N, K] W, the case searches call
+    thousands of times, runs in place on one buffer, bit-identical to quantize_affine(...).dequantize()."""
+    gs, granularity = resolve_group_size(group_size, W.shape[-1])
+    fast = W.dim() == 2 and W.dtype == torch.float32 and rounding == "nearest" and zero_point == "integer"
+    if not fast or granularity == "tensor":
+        return quantize_affine(W, bits, group_size, symmetric, rounding, zero_point, seed).dequantize(
+            W.dtype).reshape(W.shape)
+    check_bits(bits)
+    N, K = W.shape
+    Wg = W.detach().reshape(N, K // gs, gs)  # [N, G, gs]
+    s, z = scale_zero(Wg, bits, symmetric)
+    s, z = s[..., None], z[..., None]
+    q = torch.div(Wg, s).add_(z).round_().clamp_(0, 2**bits - 1)  # = round_codes(Wg, s, z, bits)
+    return q.sub_(z).mul_(s).reshape(N, K)
 
 
 def mse(W: torch.Tensor, W_hat: torch.Tensor) -> float:

@@ -35,3 +35,8 @@ class LlamaCppMissingError(QlabError, ImportError):
 
 class OutputPathError(QlabError, ValueError):
     """An output path qlab must not or cannot write (exists and is not qlab's, protected, unwritable, no space)."""
+
+
+class QlabWarning(UserWarning):
+    """Something worked, but not as asked (a retry with more damping, a rejected candidate): the one warning
+    class of qlab, shown through Python's warnings (silence it with warnings.filterwarnings)."""

@@ -15,6 +15,7 @@ Groups get their scale when the sweep reaches their first column, from the error
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,51 +24,11 @@ import torch
 from torch import nn
 
 from .affine import check_bits, check_finite, quantize_affine, resolve_group_size, scale_zero
-from .errors import BadArgumentError, NonFiniteError, NumericalError, TextTooShortError
+from .errors import BadArgumentError, NonFiniteError, NumericalError, QlabWarning, TextTooShortError
 from .qtensor import QuantizedTensor
-
-
-class HessianAccumulator:
-    """Running H = 2XXᵀ/n over batches of inputs x [tokens, K] (the OBS/GPTQ layer Hessian of ‖WX − ŴX‖²)."""
-
-    def __init__(self, K: int, name: str = "layer", dtype: torch.dtype = torch.float32) -> None:
-        self.K, self.name = K, name
-        self.S = torch.zeros(K, K, dtype=dtype)  # Σ xᵀx, upper block triangle only (see add)
-        self.n = 0
-        nb = max(1, round(K / 192))  # column blocks of ~192 (measured fastest here): less work, still good BLAS
-        self.edges = [K * i // nb for i in range(nb + 1)]
-
-    def add(self, x: torch.Tensor) -> None:
-        """S += xᵀx, computing only the blocks on and above the diagonal (XᵀX is symmetric): with nb column
-        blocks that is (nb + 1)/(2·nb) of the full product's work."""
-        x = x.reshape(-1, x.shape[-1])
-        if x.shape[1] != self.K:
-            raise BadArgumentError(f"{self.name}: inputs have {x.shape[1]} features, expected {self.K}")
-        x = x.to(self.S.dtype)
-        with torch.autocast(x.device.type, enabled=False):  # a hook may call this inside an autocast forward
-            for a, b in zip(self.edges[:-1], self.edges[1:]):
-                self.S[a:b, a:].addmm_(x[:, a:b].T, x[:, a:])
-        self.n += x.shape[0]
-
-    @property
-    def H(self) -> torch.Tensor:
-        if self.n == 0:
-            raise TextTooShortError(f"{self.name}: no calibration tokens reached this layer; give calibration text")
-        if not torch.isfinite(self.S).all():
-            raise NonFiniteError(
-                f"NaN/Inf in the calibration activations entering {self.name}: the model overflowed on the "
-                f"calibration text (fp16? use float32) or an earlier layer is broken"
-            )
-        S = self.S.clone()
-        for a, b in zip(self.edges[:-1], self.edges[1:]):
-            S[b:, a:b] = S[a:b, b:].T  # mirror the upper blocks
-            # a diagonal block's two triangles come from different BLAS sums (summation order, SIMD width and
-            # kernel differ between CPUs), so they agree only to rounding: keep the upper one and mirror it,
-            # which makes H bitwise symmetric by construction on every machine
-            D = S[a:b, a:b]
-            upper = torch.ones(b - a, b - a, dtype=torch.bool).triu()
-            S[a:b, a:b] = torch.where(upper, D, D.T)
-        return S * (2.0 / self.n)
+from .quantizer import BlockResult
+from .stats import HessianAccumulator, forward_rows, modules_by_name, record_inputs, relative_output_error
+from .walk import PassHooks, is_skipped, linear_layers
 
 
 def gptq_grid(Wg: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,15 +38,6 @@ def gptq_grid(Wg: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tenso
     s16 = s.to(torch.float16).to(s.dtype)
     tiny = torch.tensor(2.0**-24, dtype=s.dtype)  # smallest fp16 subnormal: a scale that underflowed
     return torch.where(s16 > 0, s16, tiny), z
-
-
-def layer_reconstruction_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
-    """Relative output error ‖WX − ŴX‖² / ‖WX‖² = tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), with H ∝ XXᵀ (undamped)."""
-    W, W_hat, H = W.float(), W_hat.float(), H.float()
-    D = W - W_hat
-    num = float(((D @ H) * D).sum())
-    den = float(((W @ H) * W).sum())
-    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))
 
 
 def column_error_contributions(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -99,16 +51,9 @@ def column_error_contributions(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Te
 @torch.no_grad()
 def layer_hessians(model: nn.Module, ids: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """H = 2XXᵀ/n of the inputs of the named Linears of the float model over ids [n, T] (a full forward per row)."""
-    from .walk import record_inputs
-
-    mods = dict(model.named_modules())
-    missing = [n for n in names if n not in mods]
-    if missing:
-        raise BadArgumentError(f"no module named {missing[0]!r}; e.g. 'model.layers.0.self_attn.q_proj'")
-    accs = {n: HessianAccumulator(mods[n].in_features, n) for n in names}
-    with record_inputs({n: mods[n] for n in names}, lambda n, x: accs[n].add(x)):
-        for row in ids.reshape(-1, ids.shape[-1]):
-            model(row[None], use_cache=False)
+    mods = modules_by_name(model, names)
+    accs = {n: HessianAccumulator(m.in_features, n) for n, m in mods.items()}
+    forward_rows(model, ids, mods, lambda n, x: accs[n].add(x))
     return {n: a.H for n, a in accs.items()}
 
 
@@ -274,8 +219,6 @@ def _collect_hessians(
     Linears fed the same tensor (q/k/v, gate/up) share one. Returns (groups of names sharing an input, in
     execution order; accumulator of each group's first name). With stop_early the forward stops once every
     module has seen its input."""
-    from .walk import record_inputs
-
     groups: list[list[str]] = []
     accs: dict[str, HessianAccumulator] = {}
     leader: dict[str, str] = {}
@@ -321,16 +264,16 @@ def forward_compute_dtype(value: str | torch.dtype | None) -> torch.dtype | None
 
 
 class GPTQQuantizer:
-    """Block quantizer (qlab.pipeline protocol): GPTQ on every Linear of a decoder block, in place.
+    """Block quantizer (qlab.quantizer contract): GPTQ on every Linear of a decoder block, in place.
 
     Hessians come from the block's inputs (outputs of the already-quantized previous blocks). With
     true_sequential the Linears are quantized group by group in execution order (q/k/v, o, gate/up, down),
     each group's Hessian taken after the groups before it were quantized. When one forward over every
     calibration token at once fits in `max_pass_bytes` (estimated activations), that is done in a single pass:
-    the first Linear of each group quantizes its group from the whole batch's inputs before the forward goes on,
-    and the block's output — the quantized block on these inputs — is kept in `self.block_outputs` for the
-    pipeline (one forward per block instead of a Hessian pass plus an output pass). Otherwise each group re-runs
-    the block in batches. Per-layer reconstruction errors of GPTQ and of RTN (same grid) are kept in
+    the first Linear of each group quantizes its group from the whole batch's inputs before the forward goes on.
+    That pass is the walk's own pass that makes the next block's inputs (the BlockResult's `during_pass`): one
+    forward per block instead of a Hessian pass plus an output pass. Otherwise each group re-runs the block in
+    batches. Per-layer reconstruction errors of GPTQ and of RTN (same grid) are kept in
     `self.layer_stats`.
 
     `forward_dtype` is the dtype of the calibration forward passes (the Hessian pass and the quantized block's
@@ -351,7 +294,6 @@ class GPTQQuantizer:
         self.true_sequential, self.min_tokens, self.progress = true_sequential, min_tokens, progress
         self.max_pass_bytes = max_pass_bytes
         self.layer_stats: dict[str, dict] = {}
-        self.block_outputs = None  # set by a single-pass true-sequential call: the quantized block's outputs
         self.single_pass_blocks = 0  # how many blocks took that path
         self.sweep_seconds = 0.0  # time spent in the column sweeps (gptq_quantize_layer), all blocks together
 
@@ -370,19 +312,16 @@ class GPTQQuantizer:
                                   ("bf16 forward", self.forward_dtype == torch.bfloat16)) if on]
         return f"GPTQ int{self.bits} {kind} g{g}" + (f" ({', '.join(extras)})" if extras else "")
 
-    def __call__(self, block: nn.Module, inputs, prefix: str = "", skip=()) -> dict[str, QuantizedTensor]:
+    def quantize_block(self, block: nn.Module, inputs, prefix: str = "", skip=()) -> BlockResult:
         from tqdm.auto import tqdm
-
-        from .walk import is_skipped, linear_layers
 
         if inputs is None:
             raise BadArgumentError("GPTQ needs calibration data: pass calibration ids to quantize_model")
         inputs = replace(inputs, compute_dtype=self.forward_dtype)
-        self.block_outputs = None
         modules = {n: m for n, m in linear_layers(block).items()
                    if not is_skipped(f"{prefix}.{n}" if prefix else n, skip)}
         if not modules:
-            return {}
+            return BlockResult({})
         n_tokens = sum(h.shape[0] * h.shape[1] if h.dim() == 3 else h.shape[0] for h in inputs.hidden)
         if n_tokens < self.min_tokens:
             raise TextTooShortError(
@@ -394,10 +333,9 @@ class GPTQQuantizer:
         bar = tqdm(total=len(modules), desc=f"GPTQ {prefix}".strip(), leave=False, disable=not self.progress)
         if self.true_sequential:
             order, _ = _collect_hessians(block, _first(inputs), modules, prefix, stop_early=True)
-            batch = self._single_batch(inputs, modules)
-            if batch is not None:
-                out = self._sequential_single_pass(block, inputs, batch, order, modules, full, bar)
-            for names in order if batch is None else []:  # too large for one pass: one partial pass per group
+            if self._fits_one_pass(inputs, modules):
+                return BlockResult(out, during_pass=self._single_pass(order, modules, full, out, bar))
+            for names in order:  # too large for one pass: one partial pass per group
                 sub = {n: modules[n] for n in names}
                 _, accs = _collect_hessians(block, inputs, sub, prefix, stop_early=True)
                 out.update(self._quantize_group(names, modules, accs[names[0]], full))
@@ -408,48 +346,39 @@ class GPTQQuantizer:
                 out.update(self._quantize_group(names, modules, accs[names[0]], full))
                 bar.update(len(names))
         bar.close()
-        return out
+        return BlockResult(out)
 
-    def _single_batch(self, inputs, modules: dict[str, nn.Linear]) -> torch.Tensor | None:
-        """Every [1, T, H] calibration sample stacked into one batch, or None when they differ in shape or the
-        forward's activations (each Linear's output plus a few hidden-sized tensors per token, 4 bytes each) would
-        exceed max_pass_bytes."""
+    def _fits_one_pass(self, inputs, modules: dict[str, nn.Linear]) -> bool:
+        """Whether every calibration sample can go through the block in one batch: all [1, T, H] of one shape, and
+        the forward's activations (each Linear's output plus a few hidden-sized tensors per token, 4 bytes each)
+        within max_pass_bytes."""
         shapes = {tuple(h.shape) for h in inputs.hidden}
         shape = shapes.pop()
         if shapes or len(shape) != 3 or shape[0] != 1:
-            return None
+            return False
         _, T, width = shape
         per_token = sum(m.out_features for m in modules.values()) + 4 * width
-        if len(inputs) * T * per_token * 4 > self.max_pass_bytes:
-            return None
-        return torch.cat(inputs.hidden)
+        return len(inputs) * T * per_token * 4 <= self.max_pass_bytes
 
-    def _sequential_single_pass(self, block, inputs, batch, order, modules, full, bar) -> dict[str, QuantizedTensor]:
-        """True-sequential GPTQ in one forward over the whole batch: the pre-hook of each group's first Linear
-        takes the group's Hessian from the batch's inputs and quantizes the group in place before the forward
-        reaches it, so every later group sees the quantized ones before it."""
-        from .walk import record_inputs
-
+    def _single_pass(self, order, modules, full, out: dict[str, QuantizedTensor], bar) -> PassHooks:
+        """True-sequential GPTQ inside the walk's pass over the whole batch: the pre-hook of each group's first
+        Linear takes the group's Hessian from the batch's inputs and quantizes the group in place (into `out`)
+        before the forward reaches it, so every later group sees the quantized ones before it."""
         groups = {names[0]: names for names in order}
-        out: dict[str, QuantizedTensor] = {}
 
         def quantize_group(name: str, x: torch.Tensor) -> None:
-            if name not in groups or full[name] in out:  # not a group's first Linear, or called again
+            if full[name] in out:  # called again
                 return
             with torch.autocast(x.device.type, enabled=False):  # the sweep in float32 even under a bf16 forward
                 acc = HessianAccumulator(x.shape[1], full[name])
                 acc.add(x)
                 out.update(self._quantize_group(groups[name], modules, acc, full))
             bar.update(len(groups[name]))
+            if len(out) == len(modules):
+                bar.close()
 
-        with record_inputs({n: modules[n] for n in groups}, quantize_group):
-            y = inputs.forward(block, batch)
-        missed = [full[n] for n in modules if full[n] not in out]
-        if missed:
-            raise BadArgumentError(f"{missed[0]} was not reached by the block's forward pass; skip it (--skip)")
-        self.block_outputs = inputs.like(inputs.per_sample(batch, y, 0))
         self.single_pass_blocks += 1
-        return out
+        return PassHooks({n: modules[n] for n in groups}, quantize_group, whole_batch=True)
 
     def _quantize_group(
         self, names: Sequence[str], modules: dict[str, nn.Linear], acc: HessianAccumulator, full: dict[str, str]
@@ -465,7 +394,8 @@ class GPTQQuantizer:
         )
         self.sweep_seconds += info["seconds"]
         if info["damp_retries"]:
-            print(f"GPTQ: {label}: Cholesky failed at damp={self.damp:g}, used damp={info['damp']:g}")
+            warnings.warn(f"GPTQ: {label}: Cholesky failed at damp={self.damp:g}, used damp={info['damp']:g}",
+                          QlabWarning, stacklevel=2)
         out = {}
         r0 = 0
         for n, W, r in zip(names, Ws, rows):
@@ -478,7 +408,7 @@ class GPTQQuantizer:
             W_hat = part.dequantize(torch.float32)
             rtn = quantize_affine(W, self.bits, self.group_size, self.symmetric).dequantize(torch.float32)
             self.layer_stats[full[n]] = {
-                "gptq": layer_reconstruction_error(W, W_hat, H), "rtn": layer_reconstruction_error(W, rtn, H),
+                "gptq": relative_output_error(W, W_hat, H), "rtn": relative_output_error(W, rtn, H),
                 "damp": info["damp"], "damp_retries": info["damp_retries"], "dead_inputs": info["dead_inputs"],
                 "tokens": acc.n,
             }

@@ -1,13 +1,8 @@
-"""Quantize a whole model block by block with any block quantizer (RTN here; GPTQ and AWQ plug in the same way).
+"""Quantize a whole model block by block with any block quantizer (qlab.quantizer: the contract; RTN, GPTQ and AWQ
+implement it).
 
-A block quantizer is a callable
-
-    quantizer(block, inputs, prefix, skip) -> dict[str, QuantizedTensor]
-
-`block` is one decoder block, `inputs` the `BlockInputs` entering it (None when the model is quantized without
-calibration data), `prefix` the block's full name (e.g. "model.layers.3") and `skip` a set of full Linear names
-to leave in float. It quantizes the block's Linears IN PLACE (each weight becomes its dequantized value; it may
-also rescale other parameters of the block, as AWQ does) and returns each Linear's `QuantizedTensor` by full name.
+The walk holds one block's calibration inputs at a time: each block is quantized on the outputs of the already
+quantized blocks before it, then run (by the walk, never by the quantizer) to make the next block's inputs.
 """
 
 from __future__ import annotations
@@ -24,7 +19,9 @@ from tqdm.auto import tqdm
 from .errors import BadArgumentError
 from .heap import reuse_freed_memory
 from .qtensor import QuantizedTensor
-from .walk import BlockInputs, block_prefix, capture_block_inputs, decoder_blocks, layers_to_quantize, record_outputs
+from .quantizer import BlockQuantizer, BlockResult
+from .stats import record_outputs, relative_error
+from .walk import BlockInputs, block_prefix, capture_block_inputs, decoder_blocks, layers_to_quantize
 
 
 @dataclass
@@ -56,8 +53,29 @@ class QuantizationResult:
         return "\n".join(lines)
 
 
-def _relative(num: float, den: float) -> float:
-    return num / den if den > 0 else float(num > 0)
+def _finish(result: BlockResult, block: nn.Module, inputs: BlockInputs | None, prefix: str, skip
+            ) -> BlockInputs | None:
+    """Run the pass the quantizer asked for (its PassHooks) and check every Linear was quantized; the block's
+    outputs from that pass, or None when the quantizer asked for none."""
+    if result.during_pass is None:
+        return None
+    outputs = inputs.run(block, during=result.during_pass)
+    missed = [n for n in layers_to_quantize(block, prefix, skip) if n not in result.qtensors]
+    if missed:
+        raise BadArgumentError(f"{missed[0]} was not reached by the block's forward pass; skip it (--skip)")
+    return outputs
+
+
+@torch.no_grad()
+def quantize_block(quantizer: BlockQuantizer, block: nn.Module, inputs: BlockInputs | None, prefix: str, skip=()
+                   ) -> tuple[BlockResult, BlockInputs | None]:
+    """One block through `quantizer`, in place: its BlockResult and the next block's inputs (the quantized block
+    run on `inputs`; None without calibration inputs)."""
+    result = quantizer.quantize_block(block, inputs, prefix, skip)
+    outputs = _finish(result, block, inputs, prefix, skip)
+    if outputs is None and inputs is not None:
+        outputs = inputs.run(block)
+    return result, outputs
 
 
 @torch.no_grad()
@@ -65,7 +83,7 @@ def _relative(num: float, den: float) -> float:
 def quantize_model(
     model: nn.Module,
     calib_ids: torch.Tensor | None,
-    quantizer,
+    quantizer: BlockQuantizer,
     skip=(),
     progress: bool = True,
     output_errors: bool = True,
@@ -85,27 +103,27 @@ def quantize_model(
     if calib_ids is not None:
         if calib_ids.dim() != 2:
             raise BadArgumentError(f"calibration ids must be [n_samples, seqlen], got {tuple(calib_ids.shape)}")
-        inputs = capture_block_inputs(model, calib_ids, getattr(quantizer, "forward_dtype", None))
-    result = QuantizationResult({}, method=getattr(quantizer, "describe", lambda: repr(quantizer))())
+        inputs = capture_block_inputs(model, calib_ids, quantizer.forward_dtype)
+    result = QuantizationResult({}, method=quantizer.describe())
     for i, block in enumerate(tqdm(blocks, desc="quantizing blocks", disable=not progress)):
         name = f"{prefix}.{i}"
         if inputs is not None:
             inputs.check_finite(f"block {name}")
         float_block = copy.deepcopy(block) if inputs is not None and output_errors else None
         originals = {n: m.weight.detach().clone() for n, m in layers_to_quantize(block, name, skip).items()}
-        qts = quantizer(block, inputs, name, skip)
+        done = quantizer.quantize_block(block, inputs, name, skip)
+        outputs = _finish(done, block, inputs, name, skip)
+        qts = done.qtensors
         result.qtensors.update(qts)
-        # a quantizer that rescales weights before rounding (AWQ) says what float weights it rounded
-        originals.update(getattr(quantizer, "float_weights", None) or {})
+        originals.update(done.float_weights)
         out_err: dict[str, float] = {}
         if float_block is not None:
             inputs, out_err = _run_and_compare(block, float_block, inputs, name, list(qts))
-        elif inputs is not None:  # a quantizer that ran the quantized block already (GPTQ single pass) says so
-            ready = getattr(quantizer, "block_outputs", None)
-            inputs = ready if ready is not None else inputs.run(block)
+        elif inputs is not None:
+            inputs = outputs if outputs is not None else inputs.run(block)
         for n, qt in qts.items():
             W, W_hat = originals[n].double(), qt.dequantize(torch.float64)
-            w_err = _relative(float(((W - W_hat) ** 2).sum()), float((W**2).sum()))
+            w_err = relative_error(float(((W - W_hat) ** 2).sum()), float((W**2).sum()))
             result.layers.append(LayerReport(n, qt.shape, qt.bits_per_weight(), w_err, out_err.get(n)))
     result.seconds = time.perf_counter() - start
     return result
@@ -132,4 +150,4 @@ def _run_and_compare(block, float_block, inputs: BlockInputs, prefix: str, names
         with record_outputs(q_mods, compare):
             y = inputs.forward(block, h)
         next_hidden += inputs.per_sample(h, y, len(next_hidden))
-    return inputs.like(next_hidden), {n: _relative(num[n], den[n]) for n in names}
+    return inputs.like(next_hidden), {n: relative_error(num[n], den[n]) for n in names}

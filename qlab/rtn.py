@@ -6,12 +6,12 @@ data is needed, so the walk may pass `inputs=None`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
 from .affine import check_finite, quantize_affine
-from .qtensor import QuantizedTensor
+from .quantizer import BlockResult
 from .walk import layers_to_quantize
 
 
@@ -23,16 +23,21 @@ class RTNQuantizer:
     group_size: int | str | None = 128
     symmetric: bool = False
     zero_point: str = "integer"
+    forward_dtype = None  # RTN runs no calibration forward of its own
+
+    @property
+    def config(self) -> dict:
+        return {"method": "rtn", **asdict(self)}
 
     @torch.no_grad()
-    def __call__(self, block, inputs, prefix, skip=()) -> dict[str, QuantizedTensor]:
+    def quantize_block(self, block, inputs, prefix, skip=()) -> BlockResult:
         out = {}
         for name, lin in layers_to_quantize(block, prefix, skip).items():
             check_finite(lin.weight, f"weight of {name}")
             qt = quantize_affine(lin.weight, self.bits, self.group_size, self.symmetric, zero_point=self.zero_point)
             lin.weight.copy_(qt.dequantize(lin.weight.dtype))
             out[name] = qt
-        return out
+        return BlockResult(out)
 
     def describe(self) -> str:
         kind = "sym" if self.symmetric else "asym"

@@ -8,13 +8,13 @@ already-quantized blocks before it (as GPTQ and AWQ do).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .errors import BadArgumentError, NonFiniteError
+from .stats import record_inputs
 
 
 def decoder_blocks(model: nn.Module) -> nn.ModuleList:
@@ -54,6 +54,18 @@ class _StopForward(Exception):
 
 
 @dataclass
+class PassHooks:
+    """Work a block quantizer hands to the walk: while the walk runs the block to make the next block's inputs,
+    fn(name, x) sees each named module's input x [tokens, features] before that module runs (GPTQ's single pass
+    quantizes each group of Linears there, so every later group sees the quantized ones). With `whole_batch`
+    every calibration sample goes through in one batch, so fn sees all tokens at once."""
+
+    modules: dict[str, nn.Module]
+    fn: Callable[[str, torch.Tensor], None]
+    whole_batch: bool = True
+
+
+@dataclass
 class BlockInputs:
     """The hidden states entering a block, one [1, T, H] tensor per calibration sample, the keyword
     arguments every block receives (rotary position embeddings, attention mask...) and the dtype the block's
@@ -67,14 +79,16 @@ class BlockInputs:
     def __len__(self) -> int:
         return len(self.hidden)
 
-    def batches(self, max_tokens: int = 8192) -> Iterator[torch.Tensor]:
+    def batches(self, max_tokens: int | None = 8192) -> Iterator[torch.Tensor]:
         """The [1, T, H] samples stacked along the batch axis, consecutive same-shape samples together, at most
-        `max_tokens` tokens per batch (one [b, T, H] tensor each; any other sample alone): fewer, larger calls
-        (fewer Python-level calls, larger matrix products per call)."""
+        `max_tokens` tokens per batch (None: no limit) (one [b, T, H] tensor each; any other sample alone): fewer,
+        larger calls (fewer Python-level calls, larger matrix products per call)."""
         i = 0
         while i < len(self.hidden):
             h = self.hidden[i]
-            per = max(1, max_tokens // max(1, h.shape[1])) if h.dim() == 3 and h.shape[0] == 1 else 1
+            per = 1  # samples in this batch: consecutive [1, T, H] of one shape, within max_tokens
+            if h.dim() == 3 and h.shape[0] == 1:
+                per = len(self.hidden) if max_tokens is None else max(1, max_tokens // max(1, h.shape[1]))
             j = i + 1
             while j < len(self.hidden) and j - i < per and self.hidden[j].shape == h.shape:
                 j += 1
@@ -95,8 +109,16 @@ class BlockInputs:
         return BlockInputs(hidden, self.kwargs, self.compute_dtype)
 
     @torch.no_grad()
-    def run(self, block: nn.Module, max_tokens: int = 8192) -> BlockInputs:
-        """The block's outputs, as inputs of the next block (computed `max_tokens` tokens at a time)."""
+    def run(self, block: nn.Module, max_tokens: int = 8192, during: PassHooks | None = None) -> BlockInputs:
+        """The block's outputs, as inputs of the next block (computed `max_tokens` tokens at a time). With
+        `during`, its hooks see the named modules' inputs in this very pass (every sample in one batch when it
+        asks for the whole batch)."""
+        if during is None:
+            return self._run(block, max_tokens)
+        with record_inputs(during.modules, during.fn):
+            return self._run(block, None if during.whole_batch else max_tokens)
+
+    def _run(self, block: nn.Module, max_tokens: int | None) -> BlockInputs:
         out: list[torch.Tensor] = []
         for h in self.batches(max_tokens):
             out += self.per_sample(h, self.forward(block, h), len(out))
@@ -151,40 +173,3 @@ def capture_block_inputs(
 def linear_layers(module: nn.Module) -> dict[str, nn.Linear]:
     """Every nn.Linear inside module, by its name relative to module."""
     return {name: m for name, m in module.named_modules() if isinstance(m, nn.Linear)}
-
-
-@contextmanager
-def record_inputs(modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
-    """While active, call fn(name, x) with each forward input of each module, x flattened to [tokens, features]."""
-
-    def hook_for(name):
-        def hook(module, args):
-            x = args[0]
-            fn(name, x.detach().reshape(-1, x.shape[-1]))
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in modules.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def record_outputs(modules: dict[str, nn.Module], fn: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
-    """While active, call fn(name, y) with each forward output of each module, flattened to [tokens, features]."""
-
-    def hook_for(name):
-        def hook(module, args, y):
-            fn(name, y.detach().reshape(-1, y.shape[-1]))
-
-        return hook
-
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()

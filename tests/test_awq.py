@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import repeat_kv
 
-from qlab.affine import quantize_affine
+from qlab.affine import fake_quantize, quantize_affine
 from qlab.awq import (
     AWQQuantizer,
     AWQWarning,
@@ -20,14 +20,13 @@ from qlab.awq import (
     awq_search_clip,
     awq_search_scales,
     collect_block_stats,
-    fake_quantize,
     output_error,
     weight_magnitudes,
 )
-from qlab.awq_fold import fold_group, kv_expand, kv_reduce, scale_groups
-from qlab.awq_inspect import ModuleProbe, capture_calls, probe_module_name
+from qlab.awq.fold import fold_group, kv_expand, kv_reduce, scale_groups
+from qlab.awq.probe import ModuleProbe, capture_calls, probe_module_name
 from qlab.errors import BadArgumentError, NonFiniteError
-from qlab.pipeline import quantize_model
+from qlab.pipeline import quantize_block, quantize_model
 from qlab.walk import BlockInputs, capture_block_inputs
 
 
@@ -354,11 +353,11 @@ def test_quantizer_returns_qtensors_of_the_folded_weights():
     m = toy_model(layers=1)
     ids = torch.randint(0, 128, (4, 16))
     q = AWQQuantizer(bits=4, group_size=32)
-    res = quantize_model(m, ids, q, progress=False)
-    assert len(res.qtensors) == 7
+    res, _ = quantize_block(q, m.model.layers[0], capture_block_inputs(m, ids), "model.layers.0")
+    assert len(res.qtensors) == 7 and set(res.float_weights) == set(res.qtensors)
     for name, qt in res.qtensors.items():
         assert torch.equal(m.get_submodule(name).weight, qt.dequantize())
-        W = q.float_weights[name]  # the scaled float weight it approximates: RTN of it is at most clipped
+        W = res.float_weights[name]  # the scaled float weight it approximates: RTN of it is at most clipped
         assert float((W - qt.dequantize()).abs().max()) < float(W.abs().max())
     assert "self_attn.qkv" in q.report() and q.describe().startswith("AWQ")
 
@@ -393,7 +392,7 @@ def test_nan_activations_stop_cleanly_before_any_change():
     block = m.model.layers[0]
     before = copy.deepcopy(block.state_dict())
     with pytest.raises(NonFiniteError, match="model.layers.0"):
-        AWQQuantizer(bits=4, group_size=32)(block, inputs, "model.layers.0")
+        AWQQuantizer(bits=4, group_size=32).quantize_block(block, inputs, "model.layers.0")
     assert all(torch.equal(before[k], v) for k, v in block.state_dict().items())
 
 
@@ -441,7 +440,7 @@ def test_all_zero_activations_mean_no_scaling():
     q = AWQQuantizer(bits=4, group_size=32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AWQWarning)
-        q(m.model.layers[0], zero, "model.layers.0")
+        q.quantize_block(m.model.layers[0], zero, "model.layers.0")
     assert {r.group for r in q.records if r.alpha == 0} >= {"self_attn.qkv", "mlp.gate_up"}
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
@@ -455,10 +454,10 @@ def test_bad_arguments():
         AWQQuantizer(alpha_grid=0)
     m = toy_model(layers=1)
     with pytest.raises(BadArgumentError, match="calibration"):
-        AWQQuantizer()(m.model.layers[0], None, "model.layers.0")
+        AWQQuantizer().quantize_block(m.model.layers[0], None, "model.layers.0")
     inputs = capture_block_inputs(m, torch.randint(0, 128, (1, 8)))
     with pytest.raises(BadArgumentError, match="does not divide"):
-        AWQQuantizer(group_size=128)(m.model.layers[0], inputs, "model.layers.0")
+        AWQQuantizer(group_size=128).quantize_block(m.model.layers[0], inputs, "model.layers.0")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -484,6 +483,6 @@ def test_embedded_model_awq_beats_rtn_on_held_out_groups(embedded):
                 q.scale_block(decoder_blocks(probe)[0], inputs, "model.layers.0")
                 with torch.no_grad():
                     assert (probe(ids[:1]).logits - m(ids[:1]).logits).abs().max() <= 1e-4
-            q(block, inputs, f"model.layers.{i}")
+            q.quantize_block(block, inputs, f"model.layers.{i}")
             inputs = inputs.run(block)
         assert q.fraction_better() >= 0.9, q.report()

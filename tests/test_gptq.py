@@ -5,14 +5,11 @@ import torch
 
 from qlab.affine import quantize_affine
 from qlab.errors import BadArgumentError, NonFiniteError, NumericalError, TextTooShortError
-from qlab.gptq import (
-    GPTQQuantizer,
-    HessianAccumulator,
-    dampened_inverse_cholesky,
-    gptq_quantize_layer,
-    layer_reconstruction_error,
-)
+from qlab.gptq import GPTQQuantizer, dampened_inverse_cholesky, gptq_quantize_layer
 from qlab.gptq_naive import gptq_naive
+from qlab.pipeline import quantize_block
+from qlab.stats import HessianAccumulator
+from qlab.stats import relative_output_error as layer_reconstruction_error
 
 
 def _problem(N=24, K=64, T=300, seed=0, dead=(), dtype=torch.float64):
@@ -194,7 +191,7 @@ def test_block_quantizer_in_place_and_shared_hessians(true_sequential):
     block = _Block()
     originals = {n: m.weight.detach().clone() for n, m in block.named_children()}
     q = GPTQQuantizer(bits=3, group_size=16, true_sequential=true_sequential, progress=False)
-    out = q(block, _inputs(4, 64), "blk")
+    out = quantize_block(q, block, _inputs(4, 64), "blk")[0].qtensors
     assert set(out) == {"blk.a", "blk.b", "blk.c"}
     for n, qt in out.items():
         assert torch.equal(getattr(block, n.split(".")[1]).weight, qt.dequantize())  # exactly what is evaluated
@@ -211,19 +208,19 @@ def test_block_quantizer_in_place_and_shared_hessians(true_sequential):
 def test_block_quantizer_skip_and_too_few_tokens():
     block = _Block()
     q = GPTQQuantizer(bits=4, group_size=16, progress=False)
-    out = q(block, _inputs(2, 64), "blk", skip=("c",))
+    out = quantize_block(q, block, _inputs(2, 64), "blk", skip=("c",))[0].qtensors
     assert set(out) == {"blk.a", "blk.b"}
     with pytest.raises(TextTooShortError, match="nsamples"):
-        GPTQQuantizer(bits=4, group_size=16, progress=False)(_Block(), _inputs(1, 8), "blk")
+        quantize_block(GPTQQuantizer(bits=4, group_size=16, progress=False), _Block(), _inputs(1, 8), "blk")
     with pytest.raises(BadArgumentError):
-        q(block, None, "blk")
+        quantize_block(q, block, None, "blk")
 
 
 def test_nan_in_block_inputs_is_a_clear_error():
     inputs = _inputs(2, 64)
     inputs.hidden[1][0, 3, 0] = float("nan")
     with pytest.raises(NonFiniteError, match="blk"):
-        GPTQQuantizer(bits=4, group_size=16, progress=False)(_Block(), inputs, "blk")
+        quantize_block(GPTQQuantizer(bits=4, group_size=16, progress=False), _Block(), inputs, "blk")
 
 
 def test_obs_step_matches_constrained_least_squares():
@@ -259,7 +256,7 @@ def test_bf16_forward_keeps_float32_hessians_and_weights():
     for dtype in ("float32", "bfloat16"):
         block = _Block()
         q = GPTQQuantizer(bits=3, group_size=16, progress=False, forward_dtype=dtype)
-        runs[dtype] = (q, q(block, _inputs(4, 64), "blk"))
+        runs[dtype] = (q, quantize_block(q, block, _inputs(4, 64), "blk")[0].qtensors)
         for n, qt in runs[dtype][1].items():
             w = getattr(block, n.split(".")[1]).weight
             assert w.dtype == torch.float32 and torch.equal(w, qt.dequantize())
@@ -277,19 +274,23 @@ def test_bf16_forward_keeps_float32_hessians_and_weights():
 
 def test_true_sequential_single_pass_equals_group_by_group_passes():
     """One forward quantizing each group from its first Linear's pre-hook == re-running the block per group
-    (forced by a zero memory budget), and the kept block outputs == the quantized block run afterwards."""
+    (forced by a zero memory budget), and the outputs of the walk's pass (in which the single pass quantized)
+    == the quantized block run afterwards."""
     runs = {}
     for budget in (4 << 30, 0):
         block = _Block()
         q = GPTQQuantizer(bits=3, group_size=16, true_sequential=True, progress=False, max_pass_bytes=budget)
-        runs[budget] = (q, q(block, _inputs(4, 64), "blk"), block)
-    (q1, out1, block1), (q0, out0, _) = runs[4 << 30], runs[0]
-    assert (q1.single_pass_blocks, q0.single_pass_blocks) == (1, 0) and q0.block_outputs is None
+        result, outputs = quantize_block(q, block, _inputs(4, 64), "blk")
+        runs[budget] = (q, result, outputs, block)
+    (q1, res1, outputs1, block1), (q0, res0, _, _) = runs[4 << 30], runs[0]
+    out1, out0 = res1.qtensors, res0.qtensors
+    assert (q1.single_pass_blocks, q0.single_pass_blocks) == (1, 0)
+    assert res1.during_pass is not None and res0.during_pass is None
     assert set(out1) == set(out0) == {"blk.a", "blk.b", "blk.c"}
     for n in out1:
         assert torch.equal(out1[n].codes, out0[n].codes), n
         assert q1.layer_stats[n]["gptq"] == pytest.approx(q0.layer_stats[n]["gptq"], rel=1e-5)
     after = _inputs(4, 64).run(block1)  # the quantized block, run on its own
-    assert len(q1.block_outputs) == 4
-    for a, b in zip(after.hidden, q1.block_outputs.hidden):
+    assert len(outputs1) == 4
+    for a, b in zip(after.hidden, outputs1.hidden):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

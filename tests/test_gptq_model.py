@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from qlab.data import calibration_batches
-from qlab.gptq import GPTQQuantizer, HessianAccumulator, gptq_quantize_layer
+from qlab.gptq import GPTQQuantizer, gptq_quantize_layer
 from qlab.gptq_naive import gptq_naive
-from qlab.walk import capture_block_inputs, decoder_blocks, record_inputs
+from qlab.pipeline import quantize_block
+from qlab.stats import HessianAccumulator, record_inputs
+from qlab.walk import capture_block_inputs, decoder_blocks
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +51,12 @@ def test_gptq_beats_rtn_on_every_linear_of_two_blocks(embedded, calib, bits):
     inputs = calib
     for i in range(2):
         block = copy.deepcopy(decoder_blocks(model)[i])
-        out = q(block, inputs, f"model.layers.{i}")
+        result, outputs = quantize_block(q, block, inputs, f"model.layers.{i}")
+        out = result.qtensors
         assert len(out) == 7
         for name, qt in out.items():
             assert torch.equal(block.get_submodule(name.split(".", 3)[3]).weight, qt.dequantize())
-        inputs = inputs.run(block)  # the next block sees the quantized block's outputs
+        inputs = outputs  # the next block sees the quantized block's outputs
     assert len(q.layer_stats) == 14
     for name, st in q.layer_stats.items():
         assert st["gptq"] < st["rtn"], (name, st)

@@ -10,7 +10,8 @@ the choice is optimal up to the bound. (The Hessian's symmetry is exact by const
 
 import torch
 
-from qlab.awq import awq_scales, awq_search_scales, fake_quantize
+from qlab.affine import fake_quantize
+from qlab.awq import awq_scales, awq_search_scales
 
 U = 2.0**-24  # unit roundoff of float32
 

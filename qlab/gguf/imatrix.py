@@ -15,7 +15,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import BadArgumentError, NonFiniteError
-from ..walk import capture_block_inputs, decoder_blocks, linear_layers, record_inputs
+from ..stats import SquareMean, accumulate, forward_rows, record_inputs
+from ..walk import block_prefix, capture_block_inputs, decoder_blocks, linear_layers
 
 
 @torch.no_grad()
@@ -25,27 +26,18 @@ def collect_imatrix(model: nn.Module, calib_ids: torch.Tensor, progress: bool = 
     if calib_ids.dim() != 2 or calib_ids.numel() == 0:
         raise BadArgumentError(f"calibration ids must be a non-empty [n_samples, seqlen] tensor, got "
                                f"{tuple(calib_ids.shape)}")
-    from ..walk import block_prefix
-
     prefix = block_prefix(model)
     blocks = decoder_blocks(model)
     inputs = capture_block_inputs(model, calib_ids)
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def accumulate(name: str, x: torch.Tensor) -> None:
-        x = x.double()
-        sums[name] = sums.get(name, 0) + (x * x).sum(0)
-        counts[name] = counts.get(name, 0) + x.shape[0]
-
+    accs, fn = accumulate(lambda name, K: SquareMean(K, name))
     for i, block in enumerate(tqdm(blocks, desc="imatrix", disable=not progress)):
         layers = {f"{prefix}.{i}.{n}": m for n, m in linear_layers(block).items()}
-        with record_inputs(layers, accumulate):
+        with record_inputs(layers, fn):
             inputs = inputs.run(block)
         inputs.check_finite(f"block {i + 1}")
     out = {}
-    for name, s in sums.items():
-        v = (s / counts[name]).float().numpy()
+    for name, acc in accs.items():
+        v = acc.mean.float().numpy()
         if not np.isfinite(v).all():
             raise NonFiniteError(f"the importance of {name} is not finite: the activations overflowed")
         out[name] = v
@@ -54,14 +46,10 @@ def collect_imatrix(model: nn.Module, calib_ids: torch.Tensor, progress: bool = 
 
 def naive_imatrix(model: nn.Module, calib_ids: torch.Tensor) -> dict[str, np.ndarray]:
     """Reference: one full forward per sample with hooks on every decoder Linear (the oracle for the walk)."""
-    from ..walk import block_prefix
-
     prefix = block_prefix(model)
     layers = {f"{prefix}.{i}.{n}": m for i, b in enumerate(decoder_blocks(model)) for n, m in linear_layers(b).items()}
     acc: dict[str, list[np.ndarray]] = {}
-    with torch.no_grad(), record_inputs(layers, lambda n, x: acc.setdefault(n, []).append(x.double().numpy())):
-        for row in calib_ids:
-            model(row[None], use_cache=False)
+    forward_rows(model, calib_ids, layers, lambda n, x: acc.setdefault(n, []).append(x.double().numpy()))
     return {n: (np.concatenate(v) ** 2).mean(0).astype(np.float32) for n, v in acc.items()}
 
 

@@ -8,48 +8,40 @@ each column's error by the energy of its input channel, so errors on outlier cha
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .. import stats
 from ..affine import mse, quantize_affine, sqnr_db
 from ..bits import storage_breakdown
 from ..errors import BadArgumentError
 
 
 def relative_output_error(W: torch.Tensor, W_hat: torch.Tensor, X: torch.Tensor) -> float:
-    """‖X Wᵀ − X Ŵᵀ‖² / ‖X Wᵀ‖² (computed as ‖X (W − Ŵ)ᵀ‖² in float64)."""
+    """‖X Wᵀ − X Ŵᵀ‖² / ‖X Wᵀ‖² on the inputs X [tokens, in] (qlab.stats.relative_output_error with H = XᵀX, in
+    float64)."""
     if W.shape != W_hat.shape:
         raise BadArgumentError(f"W {tuple(W.shape)} and Ŵ {tuple(W_hat.shape)} must have the same shape")
     if X.dim() != 2 or X.shape[1] != W.shape[1]:
         raise BadArgumentError(f"X must be [tokens, {W.shape[1]}], got {tuple(X.shape)}")
     X = X.double()
-    ref = float(((X @ W.double().T) ** 2).sum())
-    err = float(((X @ (W.double() - W_hat.double()).T) ** 2).sum())
-    if ref == 0:
+    err = stats.relative_output_error(W.double(), W_hat.double(), X.T @ X)
+    if math.isinf(err):
         raise BadArgumentError("X Wᵀ is all zeros: the relative output error is undefined")
-    return err / ref
+    return err
 
 
 @torch.no_grad()
 def collect_inputs(model: nn.Module, ids: torch.Tensor, names: Iterable[str], max_tokens: int | None = None
                    ) -> dict[str, torch.Tensor]:
     """Inputs [tokens, in] of the named modules of model (full names as in model.named_modules()) over ids [n, T]."""
-    from ..walk import record_inputs
-
-    mods = dict(model.named_modules())
-    names = list(names)
-    missing = [n for n in names if n not in mods]
-    if missing:
-        raise BadArgumentError(f"no module named {missing[0]!r} in the model; e.g. 'model.layers.0.self_attn.q_proj'")
-    got: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    if ids.dim() == 1:
-        ids = ids[None]
-    with record_inputs({n: mods[n] for n in names}, lambda n, x: got[n].append(x.float().clone())):
-        for row in ids:
-            model(row[None], use_cache=False)
+    mods = stats.modules_by_name(model, names)
+    got: dict[str, list[torch.Tensor]] = {n: [] for n in mods}
+    stats.forward_rows(model, ids, mods, lambda n, x: got[n].append(x.float().clone()))
     out = {n: torch.cat(v) for n, v in got.items()}
     return {n: (x[:max_tokens] if max_tokens else x) for n, x in out.items()}
 

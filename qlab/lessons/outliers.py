@@ -20,7 +20,8 @@ from torch import nn
 
 from ..affine import check_bits, check_finite, round_codes, scale_zero
 from ..errors import BadArgumentError
-from ..walk import decoder_blocks, linear_layers, record_inputs
+from ..stats import ChannelMagnitude, accumulate, forward_rows
+from ..walk import decoder_blocks, linear_layers
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -112,10 +113,8 @@ def activation_channel_magnitudes(
     statistic: "absmax" (max_t |x_tc|) or "meanabs" (mean_t |x_tc|, AWQ's activation statistic). q/k/v share one
     input (as gate/up do), so by default only q_proj and gate_proj are recorded of those.
     """
-    if statistic not in ("absmax", "meanabs"):
-        raise BadArgumentError(f"statistic must be 'absmax' or 'meanabs', got {statistic!r}")
-    if ids.dim() == 1:
-        ids = ids[None]
+    if statistic not in ChannelMagnitude.STATISTICS:
+        raise BadArgumentError(f"statistic must be one of {ChannelMagnitude.STATISTICS}, got {statistic!r}")
     wanted = None if layer_types is None else set(layer_types)
     modules = {}
     for i, block in enumerate(decoder_blocks(model)):
@@ -124,25 +123,9 @@ def activation_channel_magnitudes(
                 modules[f"layers.{i}.{local}"] = lin
     if not modules:
         raise BadArgumentError(f"no decoder Linear matches layer_types={sorted(wanted or [])}; try {LAYER_TYPES}")
-    acc: dict[str, torch.Tensor] = {}
-
-    def fn(name: str, x: torch.Tensor) -> None:
-        a = x.abs().to(torch.float64)
-        if statistic == "absmax":
-            v = a.amax(0)
-            acc[name] = v if name not in acc else torch.maximum(acc[name], v)
-        else:
-            v = a.sum(0)
-            acc[name] = v if name not in acc else acc[name] + v
-
-    ntok = 0
-    with record_inputs(modules, fn):
-        for row in ids:
-            model(row[None], use_cache=False)
-            ntok += row.numel()
-    if statistic == "meanabs":
-        acc = {k: v / ntok for k, v in acc.items()}
-    return {k: v.float() for k, v in acc.items()}
+    accs, fn = accumulate(lambda name, K: ChannelMagnitude(K, name, statistic))
+    forward_rows(model, ids, modules, fn)
+    return {k: a.value.float() for k, a in accs.items()}
 
 
 @dataclass

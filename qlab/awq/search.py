@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .affine import check_bits, check_finite, quantize_affine, resolve_group_size, scale_zero
-from .awq_fold import kv_expand, kv_reduce
-from .errors import BadArgumentError, NonFiniteError
+from ..affine import check_bits, check_finite, fake_quantize, resolve_group_size
+from ..errors import BadArgumentError, NonFiniteError, QlabWarning
+from ..stats import squared_output_error
+from .fold import kv_expand, kv_reduce
 
 
-class AWQWarning(UserWarning):
+class AWQWarning(QlabWarning):
     """A scale or clip candidate was rejected (overflow, no activations) and AWQ fell back to a safe choice."""
 
 
@@ -26,30 +27,14 @@ class AWQWarning(UserWarning):
 # errors
 
 
-def fake_quantize(W: torch.Tensor, bits: int, group_size: int | str | None, symmetric: bool) -> torch.Tensor:
-    """RTN quantize-dequantize of W [N, K] per group along K; bit-identical to quantize_affine(...).dequantize()
-    (the same operations, done in place to keep the α and clip searches fast)."""
-    N, K = W.shape
-    gs, granularity = resolve_group_size(group_size, K)
-    if granularity == "tensor":
-        return quantize_affine(W, bits, "tensor", symmetric).dequantize(torch.float32)
-    Wg = W.float().reshape(N, K // gs, gs)  # [N, G, gs]
-    s, z = scale_zero(Wg, bits, symmetric)
-    s, z = s[..., None], z[..., None]
-    q = torch.div(Wg, s).add_(z).round_().clamp_(0, 2**bits - 1)  # = round_codes(Wg, s, z, bits)
-    return q.sub_(z).mul_(s).reshape(N, K)
-
-
 def output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
     """Squared output error per token, summed over outputs: ‖(W − Ŵ)X‖²/T = tr(ΔW·H·ΔWᵀ) with H = XᵀX/T."""
-    D = (W.float() - W_hat.float())
-    return float(((D @ H.float()) * D).sum(dtype=torch.float64))
+    return squared_output_error(W, W_hat, H)
 
 
 def output_energy(W: torch.Tensor, H: torch.Tensor) -> float:
     """‖WX‖²/T = tr(W·H·Wᵀ): the denominator of relative output errors."""
-    Wf = W.float()
-    return float(((Wf @ H.float()) * Wf).sum(dtype=torch.float64))
+    return squared_output_error(W, torch.zeros_like(W), H)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -136,7 +121,7 @@ def awq_search_scales(
     is rejected with a warning naming the group. Raises NonFiniteError when the statistics themselves are not
     finite; all-zero statistics give s = 1 (nothing to protect).
     loss: the error of a candidate Ŵ = Q(W·diag(s))·diag(s)⁻¹ [N, K] (default: the Gram-matrix output error
-    tr(ΔW·H·ΔWᵀ); `qlab.awq_inspect.ModuleProbe.error` measures it at the consuming module's output instead),
+    tr(ΔW·H·ΔWᵀ); `qlab.awq.probe.ModuleProbe.error` measures it at the consuming module's output instead),
     with `energy` its error for Ŵ = 0 (default ‖WX‖²/T)."""
     check_bits(bits)
     dtype = dtype or W.dtype

@@ -1,6 +1,6 @@
 """AWQ's module-level search objective: the error at the output of the sub-module that consumes the scaled Linears.
 
-The Gram-matrix error of `qlab.awq_search` measures a scale candidate on the Linears' own outputs. AutoAWQ
+The Gram-matrix error of `qlab.awq.search` measures a scale candidate on the Linears' own outputs. AutoAWQ
 ("module2inspect") measures it where it matters more: at the output of the whole self-attention for q/k/v and
 of the whole MLP for gate/up, so the softmax and the SiLU(gate)·up product weigh the errors:
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .errors import BadArgumentError
+from ..errors import BadArgumentError
 
 
 def probe_module_name(layer_names: Sequence[str], prev_is_linear: bool) -> str | None:

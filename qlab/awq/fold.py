@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import BadArgumentError
+from ..errors import BadArgumentError
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 A Linear's output error Ŵx − Wx is dominated by the few input channels whose activations are large
 ("salient" channels, §3.1). Multiplying those weight columns by s > 1 before rounding shrinks their relative
-rounding error; the input is divided by the same s, folded into the previous op (`qlab.awq_fold`), so the float
+rounding error; the input is divided by the same s, folded into the previous op (`qlab.awq.fold`), so the float
 model is unchanged. §3.2: s = s_x^α with s_x the mean |x| of each input channel, α ∈ [0, 1] chosen by grid
 search to minimise the output error of the quantized group
 
@@ -11,116 +11,64 @@ search to minimise the output error of the quantized group
 (α = 0 is plain RTN, so the search can only match or beat it on the calibration data). Then each weight
 group's range is shrunk (clipped) by the factor that minimises that group's share of the output error.
 objective="module" measures L(α) at the output of the attention (q/k/v) or MLP (gate/up) instead, as AutoAWQ
-does (`qlab.awq_inspect`); clip_independent searches the two ends of each group's range separately.
+does (`qlab.awq.probe`); clip_independent searches the two ends of each group's range separately.
 
-This module: activation statistics (mean |x| and the Gram matrix H = XᵀX/T, which the optional GPTQ step reuses)
-and the block quantizer. The searches are in `qlab.awq_search`, the folding in `qlab.awq_fold`.
+This module: the block quantizer and its per-block statistics (mean |x| and H = XᵀX/T, qlab.stats.InputStats, which
+the optional GPTQ step reuses). The searches are in `qlab.awq.search`, the folding in `qlab.awq.fold`.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .affine import check_bits, quantize_affine, resolve_group_size
-from .awq_fold import ScaleGroup, fold_group, kv_expand, scale_groups
-from .awq_inspect import ModuleProbe, capture_calls, probe_module_name
-from .awq_search import (  # noqa: F401  (re-exported: qlab.awq is the one import for AWQ)
+from ..affine import check_bits, fake_quantize, quantize_affine, resolve_group_size
+from ..errors import BadArgumentError, TextTooShortError
+from ..qtensor import QuantizedTensor
+from ..quantizer import BlockResult
+from ..stats import InputStats, accumulate, record_inputs, relative_output_error
+from ..walk import is_skipped, linear_layers
+from .fold import ScaleGroup, fold_group, kv_expand, scale_groups
+from .probe import ModuleProbe, capture_calls, probe_module_name
+from .search import (
     AWQWarning,
-    ClipSearch,
     ScaleSearch,
     alpha_values,
     apply_clip,
-    awq_scales,
     awq_search_clip,
     awq_search_scales,
-    fake_quantize,
-    output_energy,
     output_error,
     shrink_values,
-    weight_magnitudes,
 )
-from .errors import BadArgumentError, NonFiniteError, TextTooShortError
-from .gptq import HessianAccumulator
-from .qtensor import QuantizedTensor
-from .walk import is_skipped, linear_layers, record_inputs
 
 # ----------------------------------------------------------------------------------------------------------
 # statistics
 
 
-def activation_magnitudes(x: torch.Tensor | Iterable[torch.Tensor]) -> torch.Tensor:
-    """s_x[k] = mean over tokens of |x[:, k]| (AWQ §3.2) — from one tensor [..., K] or an iterable of them."""
-    xs = [x] if isinstance(x, torch.Tensor) else list(x)
-    if not xs:
-        raise TextTooShortError("no activations given: activation magnitudes need at least one token")
-    total = sum(t.detach().reshape(-1, t.shape[-1]).double().abs().sum(0) for t in xs)
-    n = sum(t.reshape(-1, t.shape[-1]).shape[0] for t in xs)
-    if n == 0:
-        raise TextTooShortError("no activations given: activation magnitudes need at least one token")
-    return (total / n).float()
-
-
-class InputStats:
-    """Running statistics of one Linear input x [tokens, K]: mean |x| per channel and H = XᵀX / T."""
-
-    def __init__(self, K: int, name: str = "layer") -> None:
-        self.K, self.name = K, name
-        self.sum_abs = torch.zeros(K, dtype=torch.float64)
-        self.gram = HessianAccumulator(K, name)  # GPTQ's running XᵀX (2XᵀX/n on read)
-
-    @property
-    def n(self) -> int:
-        return self.gram.n
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).float()
-        if x.shape[1] != self.K:
-            raise BadArgumentError(f"{self.name}: inputs have {x.shape[1]} features, expected {self.K}")
-        self.sum_abs += x.abs().sum(0, dtype=torch.float64)
-        self.gram.add(x)
-
-    def _check(self) -> None:
-        if self.n == 0:
-            raise TextTooShortError(f"{self.name}: no calibration tokens reached this layer; give calibration text")
-        if not (torch.isfinite(self.gram.S).all() and torch.isfinite(self.sum_abs).all()):
-            raise NonFiniteError(
-                f"NaN/Inf in the calibration activations entering {self.name}: the model overflowed on the "
-                f"calibration text (fp16 activations? load the model in float32) or an earlier layer is broken"
-            )
-
-    @property
-    def x_mean(self) -> torch.Tensor:
-        self._check()
-        return (self.sum_abs / self.n).float()
-
-    @property
-    def H(self) -> torch.Tensor:
-        self._check()
-        return self.gram.H / 2
-
-
-def collect_block_stats(block: nn.Module, inputs, names: Sequence[str] | None = None) -> dict[str, InputStats]:
+def collect_block_stats(block: nn.Module, inputs, names: Sequence[str] | None = None, prefix: str = "",
+                        hidden: Sequence[torch.Tensor] | None = None) -> dict[str, InputStats]:
     """Input statistics (mean |x|, H = XᵀX/T) of the named Linears of a block (default: the first Linear of each
-    AWQ scale group — q_proj, o_proj, gate_proj, down_proj in a llama block) over the block's calibration inputs."""
+    AWQ scale group — q_proj, o_proj, gate_proj, down_proj in a llama block) over the block's calibration inputs
+    (or over `hidden`, a subset of them)."""
     linears = linear_layers(block)
     names = list(names) if names is not None else [next(iter(g.layers)) for g in scale_groups(block)]
     missing = [n for n in names if n not in linears]
     if missing:
         raise BadArgumentError(f"no Linear named {missing} in the block; it has {list(linears)}")
-    stats: dict[str, InputStats] = {}
-
-    def fn(name: str, x: torch.Tensor) -> None:
-        stats.setdefault(name, InputStats(x.shape[1], name)).add(x)
-
+    full = (lambda n: f"{prefix}.{n}") if prefix else (lambda n: n)
+    stats, fn = accumulate(lambda n, K: InputStats(K, full(n)))
     with torch.no_grad(), record_inputs({n: linears[n] for n in names}, fn):
-        for h in inputs.hidden:
+        for h in inputs.hidden if hidden is None else hidden:
             block(h, **inputs.kwargs)
+    for n in names:
+        if n not in stats:
+            raise TextTooShortError(f"{full(n)}: no calibration tokens reached this layer")
+        stats[n].check()
     return stats
 
 
@@ -179,7 +127,7 @@ class BlockState:
 
 
 class AWQQuantizer:
-    """Block quantizer (qlab.pipeline protocol): AWQ scale search and folding, clip search, then RTN or GPTQ.
+    """Block quantizer (qlab.quantizer contract): AWQ scale search and folding, clip search, then RTN or GPTQ.
 
     Statistics come from the block's calibration inputs. The scales are folded in place into the block's norms
     and the Linears preceding down_proj and o_proj, so the returned QuantizedTensors describe the *scaled*
@@ -214,8 +162,7 @@ class AWQQuantizer:
         self.damp, self.holdout, self.progress, self.duo_scaling = damp, holdout, progress, duo_scaling
         self.objective, self.probe_tokens, self.clip_independent = objective, probe_tokens, clip_independent
         self.records: list[GroupRecord] = []
-        # the last block's scaled float weights (what each QuantizedTensor approximates), by full name
-        self.float_weights: dict[str, torch.Tensor] = {}
+        self.forward_dtype = None  # statistics and searches see the block run in its weights' dtype
         self.seconds: dict[str, float] = {"stats": 0.0, "scale_search": 0.0, "clip_search": 0.0, "quantize": 0.0}
 
     @property
@@ -230,25 +177,6 @@ class AWQQuantizer:
         kind = "sym" if self.symmetric else "asym"
         g = self.group_size if isinstance(self.group_size, int) else (self.group_size or "channel")
         return f"AWQ{'+clip' if self.clip else ''}→{self.then.upper()} int{self.bits} {kind} g{g}"
-
-    # --- statistics -----------------------------------------------------------------------------------
-    def _collect(self, block: nn.Module, hidden: list[torch.Tensor], kwargs: dict, leaders: dict[str, nn.Module],
-                 prefix: str) -> dict[str, InputStats]:
-        stats: dict[str, InputStats] = {}
-
-        def fn(name: str, x: torch.Tensor) -> None:
-            if name not in stats:
-                stats[name] = InputStats(x.shape[1], f"{prefix}.{name}" if prefix else name)
-            stats[name].add(x)
-
-        with torch.no_grad(), record_inputs(leaders, fn):
-            for h in hidden:
-                block(h, **kwargs)
-        for n in leaders:
-            if n not in stats:
-                raise TextTooShortError(f"{prefix}.{n}: no calibration tokens reached this layer")
-            stats[n]._check()
-        return stats
 
     def _probe_calls(self, block: nn.Module, groups: list[ScaleGroup], hidden: list[torch.Tensor], kwargs: dict
                      ) -> dict[str, tuple[str, list]]:
@@ -267,9 +195,10 @@ class AWQQuantizer:
 
     # --- the block ------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, block: nn.Module, inputs, prefix: str = "", skip=()) -> dict[str, QuantizedTensor]:
-        """Scale (fold in place), clip and quantize every Linear of the block; QuantizedTensors by full name."""
-        return self.quantize_block(self.scale_block(block, inputs, prefix, skip))
+    def quantize_block(self, block: nn.Module, inputs, prefix: str = "", skip=()) -> BlockResult:
+        """Scale (fold in place), clip and quantize every Linear of the block. The BlockResult's float weights
+        are the scaled float weights each QuantizedTensor approximates."""
+        return self.round_block(self.scale_block(block, inputs, prefix, skip))
 
     @torch.no_grad()
     def scale_block(self, block: nn.Module, inputs, prefix: str = "", skip=()) -> BlockState:
@@ -297,8 +226,8 @@ class AWQQuantizer:
         if self.holdout and n_hold == 0 and len(hidden) > 1:
             n_hold = 1
         search_h, hold_h = (hidden[:len(hidden) - n_hold], hidden[len(hidden) - n_hold:]) if n_hold else (hidden, [])
-        stats = self._collect(block, search_h, inputs.kwargs, leaders, prefix)
-        held = self._collect(block, hold_h, inputs.kwargs, leaders, prefix) if hold_h else stats
+        stats = collect_block_stats(block, inputs, list(leaders), prefix, hidden=search_h)
+        held = collect_block_stats(block, inputs, list(leaders), prefix, hidden=hold_h) if hold_h else stats
         probes = self._probe_calls(block, groups, search_h, inputs.kwargs) if self.objective == "module" else {}
         self.seconds["stats"] += time.perf_counter() - t0
 
@@ -353,14 +282,14 @@ class AWQQuantizer:
         return state
 
     @torch.no_grad()
-    def quantize_block(self, state: BlockState) -> dict[str, QuantizedTensor]:
+    def round_block(self, state: BlockState) -> BlockResult:
         """Clip search and RTN/GPTQ of each (already scaled) Linear, in place; records the group report."""
         prefix, linears, stats, leader_of = state.prefix, state.linears, state.stats, state.leader_of
         full = (lambda n: f"{prefix}.{n}") if prefix else (lambda n: n)
         col_scale, row_scale = state.col_scale, state.row_scale
         to_quantize = set(state.to_quantize)
         out: dict[str, QuantizedTensor] = {}
-        self.float_weights = {}
+        float_weights: dict[str, torch.Tensor] = {}
         final_orig: dict[str, torch.Tensor] = {}  # quantized weights mapped back to original coordinates
         for n, lin in linears.items():
             if n not in to_quantize:
@@ -369,7 +298,7 @@ class AWQQuantizer:
             c = col_scale[n]
             H_s = st.H / (c[:, None] * c[None, :])  # statistics of the scaled input x / s
             W = lin.weight.detach().float()
-            self.float_weights[full(n)] = W.clone()
+            float_weights[full(n)] = W.clone()
             t0 = time.perf_counter()
             if self.clip and not any(n == k or n.endswith("." + k) for k in self.clip_skip):
                 cs = awq_search_clip(W, H_s, self.bits, self.group_size, self.symmetric, self.clip_grid,
@@ -378,7 +307,7 @@ class AWQQuantizer:
             self.seconds["clip_search"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             if self.then == "gptq":
-                from .gptq import gptq_quantize_layer
+                from ..gptq import gptq_quantize_layer
 
                 qt, _ = gptq_quantize_layer(W, H_s, self.bits, self.group_size, self.symmetric, self.damp,
                                             name=full(n))
@@ -390,7 +319,7 @@ class AWQQuantizer:
             final_orig[n] = W_hat / row_scale[n][:, None] / c[None, :]
             out[full(n)] = qt
         self._record(state, final_orig)
-        return out
+        return BlockResult(out, float_weights)
 
     def _record(self, state: BlockState, final_orig: dict[str, torch.Tensor]) -> None:
         originals, held, leader_of = state.originals, state.held, state.leader_of
@@ -401,7 +330,6 @@ class AWQQuantizer:
                 continue
             H = held[leader_of[names[0]]].H
             W = torch.cat([originals[n] for n in names])
-            energy = output_energy(W, H) or 1.0
             rtn = fake_quantize(W, self.bits, self.group_size, self.symmetric)
             W_fin = torch.cat([final_orig[n] for n in names])
             if res is not None and not bool((res.s == 1).all()):
@@ -413,8 +341,8 @@ class AWQQuantizer:
             rec = GroupRecord(
                 block=state.prefix, group=g.name, layers=names, alpha=res.alpha if res is not None else 0.0,
                 fraction_scaled_up=float((s > 1).float().mean()), s_min=float(s.min()), s_max=float(s.max()),
-                err_rtn=output_error(W, rtn, H) / energy, err_scaled=output_error(W, scaled, H) / energy,
-                err_awq=output_error(W, W_fin, H) / energy, note=note,
+                err_rtn=relative_output_error(W, rtn, H), err_scaled=relative_output_error(W, scaled, H),
+                err_awq=relative_output_error(W, W_fin, H), note=note,
                 alphas=res.alphas.tolist() if res is not None else [],
                 curve=(res.errors / (res.energy or 1.0)).tolist() if res is not None else [],
             )
