@@ -4,17 +4,20 @@ from .affine import fake_quantize, quantize_affine
 from .errors import (
     BadArgumentError,
     FileFormatError,
+    MissingDependencyError,
     ModelNotFoundError,
     NonFiniteError,
     NumericalError,
     QlabError,
+    QlabWarning,
     TextTooShortError,
 )
 from .model import load_model
 from .qtensor import QuantizedTensor
 
 __all__ = [
-    "BadArgumentError", "FileFormatError", "ModelNotFoundError", "NonFiniteError", "NumericalError", "QlabError",
-    "QuantizedTensor", "TextTooShortError", "fake_quantize", "load_model", "quantize_affine",
+    "BadArgumentError", "FileFormatError", "MissingDependencyError", "ModelNotFoundError", "NonFiniteError",
+    "NumericalError", "QlabError", "QlabWarning", "QuantizedTensor", "TextTooShortError", "fake_quantize",
+    "load_model", "quantize_affine",
 ]
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import BadArgumentError, FileFormatError, TextTooShortError
+from .errors import BadArgumentError, FileFormatError, MissingDependencyError, TextTooShortError
 
 SOURCES = ("wiki", "news", "code", "wikitext2")
 EVAL_FRACTION = 0.1
@@ -133,7 +133,7 @@ def _wikitext2() -> tuple[str, str]:
 
         ds = load_dataset("wikitext", "wikitext-2-raw-v1")
     except Exception as e:  # ImportError or no network
-        raise FileFormatError(
+        raise MissingDependencyError(
             f"wikitext2 needs the `datasets` package and the network the first time ({e.__class__.__name__}); "
             f"offline, use 'wiki', 'news', 'code' or a text file"
         ) from e

@@ -29,7 +29,12 @@ class NumericalError(QlabError, ArithmeticError):
     """A numerical procedure failed (e.g. a Hessian that stays non positive definite)."""
 
 
-class LlamaCppMissingError(QlabError, ImportError):
+class MissingDependencyError(QlabError, ImportError):
+    """An optional package or library this step needs is not installed (or not reachable); the message says how
+    to get it, or what to use instead."""
+
+
+class LlamaCppMissingError(MissingDependencyError):
     """llama-cpp-python, llama.cpp's library and the oracle of the GGUF cross-checks, cannot be imported."""
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputPathError
+from .errors import BadArgumentError, OutputPathError
 
 MANIFEST = ".qlab-output.json"  # inside every folder qlab writes: {"writer": "qlab", "kind": ..., "created": ...}
 TMP_MARK, _OLD = ".qlab-tmp-", ".qlab-old-"  # in the names of outputs being written / replaced
@@ -128,7 +128,7 @@ def check_output(target: str | os.PathLike, kind: str = "folder", overwrite: boo
     non-empty target without overwrite, a target qlab did not write, an unwritable folder, too little free
     space for `size_bytes`. Removes temporary siblings left by dead qlab processes."""
     if kind not in ("folder", "file"):
-        raise ValueError(f"kind must be 'folder' or 'file', not {kind!r}")
+        raise BadArgumentError(f"kind must be 'folder' or 'file', not {kind!r}")
     if str(target).strip() == "":
         raise OutputPathError("the output path is empty: name a new folder or file")
     target = Path(os.path.abspath(os.path.expanduser(target)))

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from .errors import BadArgumentError
+from .errors import BadArgumentError, MissingDependencyError
 from .packing import pack_rows, unpack_rows
 from .qtensor import QuantizedTensor
 
@@ -109,7 +109,8 @@ class QuantLinear(nn.Module):
         try:
             from qlab.kernels.triton import interpreting, wq_matmul
         except ImportError as e:  # triton missing
-            raise BadArgumentError(f"backend='triton' needs the triton package ({e}); use backend='torch'") from e
+            raise MissingDependencyError(f"backend='triton' needs the triton package ({e}): pip install triton, "
+                                         f"or use backend='torch'") from e
         if not x.is_cuda and not interpreting():
             raise BadArgumentError("backend='triton' on a CPU tensor needs TRITON_INTERPRET=1 set before "
                                    "qlab.kernels.triton is first imported; or use backend='torch'")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import BadArgumentError
 from ..walk import decoder_blocks, linear_layers
 
 
 def levels_per_block(W: torch.Tensor, block: int = 32) -> torch.Tensor:
     """Number of distinct values in each run of `block` consecutive weights along the rows: [N·K/block]."""
     if W.shape[-1] % block:
-        raise ValueError(f"row length {W.shape[-1]} is not a multiple of the block size {block}")
+        raise BadArgumentError(f"row length {W.shape[-1]} is not a multiple of the block size {block}; pick a block "
+                               f"size that divides it")
     b = W.detach().reshape(-1, block).sort(dim=1).values
     return 1 + (b[:, 1:] != b[:, :-1]).sum(1)
 
