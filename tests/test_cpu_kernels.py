@@ -43,7 +43,7 @@ def _kernels():
 
 
 def _act(qt: str) -> str:
-    return K.QTYPES[qt][3]
+    return K.QTYPES[qt].vec_dot_type
 
 
 def _weights(base, qt: str, rows: int, k: int, seed: int) -> np.ndarray:
@@ -101,7 +101,7 @@ def test_vec_dot_equals_ggml_on_quantized_rows(cpu, base, qt, k):
 
 def _random_blocks(qt: str, nblocks: int, rng) -> np.ndarray:
     """Arbitrary block bytes (not from a quantizer) with finite fp16 scales; Q8_0 codes kept in [-127, 127]."""
-    _, bs, ts, _ = K.QTYPES[qt]
+    ts = K.QTYPES[qt].type_size
     b = rng.integers(0, 256, (nblocks, ts), dtype=np.uint8)
     scale = lambda: np.array([rng.uniform(-2, 2)], np.float16).view(np.uint8)  # noqa: E731
     for i in range(nblocks):
@@ -120,8 +120,8 @@ def _random_blocks(qt: str, nblocks: int, rng) -> np.ndarray:
 @pytest.mark.parametrize("seed", range(3))
 def test_vec_dot_equals_ggml_on_random_blocks(cpu, base, qt, seed):
     rng = np.random.default_rng(100 + seed)
-    nblocks = 3 if K.QTYPES[qt][1] == 256 else 37  # odd counts: tails of the two-at-a-time loops
-    n = nblocks * K.QTYPES[qt][1]
+    nblocks = 3 if K.QTYPES[qt].block_size == 256 else 37  # odd counts: tails of the two-at-a-time loops
+    n = nblocks * K.QTYPES[qt].block_size
     xb = _random_blocks(qt, nblocks, rng)
     y = cpu.from_float(rng.standard_normal(n).astype(np.float32), _act(qt))
     want = cpu.vec_dot(qt, xb, y, n)
@@ -204,8 +204,8 @@ def test_simd_path_equals_scalar_bit_for_bit(base, qt, path):
     for threads in (1, 2, 3):
         assert np.array_equal(K.gemm(qt, W, X, n_threads=threads, path=path), ref), threads
     rng = np.random.default_rng(6)
-    nblocks = 3 if K.QTYPES[qt][1] == 256 else 37
-    nn = nblocks * K.QTYPES[qt][1]
+    nblocks = 3 if K.QTYPES[qt].block_size == 256 else 37
+    nn = nblocks * K.QTYPES[qt].block_size
     xb = _random_blocks(qt, nblocks, rng)
     y = K.quantize_activations(rng.standard_normal(nn).astype(np.float32), _act(qt), path="scalar")
     a, b = K.vec_dot(qt, xb, y, path=path), K.vec_dot(qt, xb, y, path="scalar")
@@ -220,7 +220,7 @@ def test_gemm_within_the_activation_rounding_bound_of_float(base, qt):
     W_hat = base.dequantize(W.reshape(-1), qt, n * k).reshape(n, k).astype(np.float64)
     x = np.random.default_rng(4).standard_normal(k).astype(np.float32)
     got = K.gemm(qt, W, x[None])[0].astype(np.float64)
-    bs = 32 if K.QTYPES[qt][3] == "Q8_0" else 256
+    bs = 32 if K.QTYPES[qt].vec_dot_type == "Q8_0" else 256
     step = np.repeat(np.abs(x).reshape(-1, bs).max(1) / 127.0, bs)  # d_x of each element's block
     bound = (np.abs(W_hat) * step / 2).sum(1) * 1.01 + 1e-4 * np.abs(W_hat @ x) + 1e-6
     assert np.all(np.abs(got - W_hat @ x) <= bound)
@@ -368,7 +368,7 @@ def test_portable_scalar_build_gives_the_same_bits(base, monkeypatch):
     for qt in QTYPES:
         W = _weights(base, qt, 5, 512, seed=11)
         Y = np.empty((2, 5), np.float32)
-        assert lib.qlab_gemm(K.QTYPES[qt][0], 0, W.ctypes.data, 5, 512, X.ctypes.data, 2, Y.ctypes.data, 2) == 0
+        assert lib.qlab_gemm(K.QTYPES[qt].type_id, 0, W.ctypes.data, 5, 512, X.ctypes.data, 2, Y.ctypes.data, 2) == 0
         assert np.array_equal(Y, K.gemm(qt, W, X)), qt
 
 
@@ -428,3 +428,35 @@ def test_thread_pool_under_concurrent_callers_and_fork(tmp_path):
         "print('ok')\n")
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- the C kernels against the GGUF type registry
+
+
+def test_c_type_enum_matches_registry():
+    """The C sources' type ids (enum { T_Q4_0 = 2, ... } in qlab_blocks.h) are the registry's (and gguf-py's) and
+    cover every type the Python front sends to C: the kernels' weight types and their activation types."""
+    import re
+
+    import gguf as gguf_py
+    from qlab.kernels.cpu.build import source_dir
+
+    from qlab.gguf.types import TYPES
+
+    text = (source_dir() / "qlab_blocks.h").read_text()
+    enum = {m.group(1): int(m.group(2)) for m in re.finditer(r"\bT_(\w+)\s*=\s*(\d+)", text)}
+    assert enum, "no enum of T_<type> ids found in qlab_blocks.h"
+    for name, tid in enum.items():
+        assert TYPES[name].type_id == tid == gguf_py.GGMLQuantizationType[name].value, name
+    kernel = {name for name, t in TYPES.items() if t.c_kernel}
+    assert kernel == set(K.QTYPES) == {"Q4_0", "Q8_0", "Q4_K", "Q6_K"}
+    assert kernel | set(K.ACT_TYPES) <= set(enum)
+
+
+def test_c_library_types_match_registry():
+    """The built library itself (qlab_type_info) multiplies exactly the registry's c_kernel types, with the
+    registry's block geometry."""
+    from qlab.gguf.types import TYPES
+
+    want = {t.type_id: (t.block_size, t.type_size) for t in TYPES.values() if t.c_kernel}
+    assert K.c_type_info() == want

@@ -79,7 +79,7 @@ def test_weights_quantized_byte_exact_with_ggml():
         x = torch.randn(3, 5, 512)
         y = g(x)
         assert y.shape == (3, 5, 24)
-        want = q8_roundtrip(x.reshape(-1, 512), K.QTYPES[qt][3]) @ g.dequantize().T + lin.bias.data
+        want = q8_roundtrip(x.reshape(-1, 512), K.QTYPES[qt].vec_dot_type) @ g.dequantize().T + lin.bias.data
         torch.testing.assert_close(y.reshape(-1, 24), want, rtol=1e-5, atol=1e-4)
 
 

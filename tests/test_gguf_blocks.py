@@ -270,3 +270,75 @@ def test_bad_inputs():
         gguf.dequantize(np.zeros(100, np.uint8), "Q4_K", (1, 256))
     with pytest.raises(BadArgumentError):
         gguf.quantize(np.zeros((2, 2, 256), np.float32), "Q4_K")
+
+
+# ---------------------------------------------------------------- the GGUF type registry (qlab.gguf.types)
+
+
+# gguf-py's GGML_QUANT_SIZES still gives Q8_1 its old layout (float d and s: 40 bytes); ggml's block_q8_1 holds
+# two fp16 (36 bytes), which the registry follows (test_registry_matches_ggml checks it against ggml itself)
+GGUF_PY_STALE_SIZES = {"Q8_1": (32, 40)}
+
+
+def test_registry_matches_gguf_py():
+    """Every registry entry against gguf-py, the independent oracle: the same enum id and block geometry."""
+    import gguf as gguf_py
+
+    from qlab.gguf.types import TYPES, by_id
+
+    for name, t in TYPES.items():
+        ggml_type = gguf_py.GGMLQuantizationType[name]
+        assert ggml_type.value == t.type_id, name
+        want = GGUF_PY_STALE_SIZES.get(name, (t.block_size, t.type_size))
+        assert gguf_py.GGML_QUANT_SIZES[ggml_type] == want, name
+        assert by_id(t.type_id) is t
+    assert by_id(10**6) is None
+
+
+def test_registry_matches_ggml(oracle):
+    """Every registry entry against ggml's own type traits: name, id, block geometry."""
+    from qlab.gguf.types import TYPES
+
+    for name, t in TYPES.items():
+        tr = oracle.traits(name)
+        assert tr.type_name.decode().upper() == name
+        assert oracle.type_id(name) == t.type_id
+        assert (tr.blck_size, tr.type_size) == (t.block_size, t.type_size), name
+
+
+def test_registry_is_consistent():
+    """Fields that refer to other types name registry types; layouts fill their blocks; qlab's block formats
+    have both functions and round-trip one block; the fallbacks are llama-quantize's (smaller blocks)."""
+    from qlab.gguf import mixes
+    from qlab.gguf.types import QTYPES, TYPES
+
+    for name, t in TYPES.items():
+        assert t.name == name and t.block_size >= 1 and t.type_size >= 1
+        if t.layout is not None:
+            assert sum(n for _, _, n in t.layout) == t.type_size, name
+        if t.vec_dot_type is not None:
+            assert t.vec_dot_type in TYPES, name
+        if t.fallback is not None:
+            fb = TYPES[t.fallback]
+            assert fb.block_size < t.block_size and t.block_size % fb.block_size == 0, name
+            assert mixes.fallback(mixes.T[name], 576) == mixes.T[t.fallback]  # the writer applies the same rule
+        if t.c_kernel:
+            assert t.vec_dot_type in TYPES and t.name in QTYPES, name
+    for name, t in QTYPES.items():
+        assert callable(t.quantize) and callable(t.dequantize), name
+        x = make_data("normal", 1, t.block_size, 7)
+        assert gguf.quantize(x, name).size == t.type_size
+    assert list(QTYPES) == ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K"]
+
+
+def test_registry_vec_dot_types_match_ggml_cpu():
+    """The registry's vec_dot_type of every weight type is ggml-cpu's (type traits)."""
+    import ggml_cpu_oracle
+
+    from qlab.gguf.types import TYPES
+
+    cpu = ggml_cpu_oracle.require()
+    for name, t in TYPES.items():
+        if t.vec_dot_type is None or name not in ggml_oracle.GGML_TYPE_IDS:
+            continue
+        assert cpu.traits(name).vec_dot_type == ggml_oracle.GGML_TYPE_IDS[t.vec_dot_type], name

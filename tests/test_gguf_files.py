@@ -18,8 +18,9 @@ import torch
 from qlab.errors import BadArgumentError, FileFormatError
 from qlab.gguf import mixes
 from qlab.gguf.imatrix import collect_imatrix, gguf_imatrix, naive_imatrix
-from qlab.gguf.reader import _open, load_gguf_model, read_gguf, read_metadata, tensor_types
-from qlab.gguf.writer import export_gguf, gguf_rows_from_hf
+from qlab.gguf.names import gguf_rows_from_hf, hf_name
+from qlab.gguf.reader import _open, load_gguf_model, read_gguf, read_metadata, read_settings, tensor_types
+from qlab.gguf.writer import export_gguf
 
 try:
     import llama_cpp  # noqa: F401
@@ -100,7 +101,6 @@ def test_f32_roundtrip_and_permutation(tiny, tiny_files):
     d, f32 = tiny_files
     meta, tensors = read_gguf(f32)
     sd = tiny.state_dict()
-    from qlab.gguf.writer import hf_name
 
     assert meta["general.architecture"] == "llama"
     for g, a in tensors.items():
@@ -295,6 +295,39 @@ def test_atomic_write(tiny, tokenizer, tmp_path, monkeypatch):
         export_gguf(tiny, tokenizer, tmp_path / "m.gguf", "Q9_K", progress=False)
 
 
+
+def test_settings_round_trip(tiny, tokenizer, tmp_path):
+    """export_gguf(settings=...) stores the run's settings under one metadata key; qlab's reader and gguf-py's
+    GGUFReader both give back the same dict; a file without settings reads as None; bad settings are refused."""
+    import gguf
+
+    from qlab.gguf.names import SETTINGS_KEY
+
+    settings = {"method": "gptq", "bits": 4, "group_size": 128, "damping": 0.01, "act_order": True,
+                "calibration": {"source": "embedded", "samples": 32, "seq_len": 512}, "skip": ["lm_head"],
+                "note": "ünïcode ✓", "seed": None}
+    path = export_gguf(tiny, tokenizer, tmp_path / "s.gguf", "Q8_0", progress=False, settings=settings)
+    assert read_settings(path) == settings
+    field = gguf.GGUFReader(str(path)).get_field(SETTINGS_KEY)
+    assert json.loads(field.contents()) == settings
+    assert read_metadata(path)["general.quantized_by"] == "qlab"
+    plain = export_gguf(tiny, tokenizer, tmp_path / "plain.gguf", "Q8_0", progress=False)
+    assert read_settings(plain) is None and gguf.GGUFReader(str(plain)).get_field(SETTINGS_KEY) is None
+    for bad in ({"damping": float("nan")}, {"x": object()}, ["not", "a", "dict"]):
+        with pytest.raises(BadArgumentError, match="settings"):
+            export_gguf(tiny, tokenizer, tmp_path / "bad.gguf", "Q8_0", progress=False, settings=bad)
+    assert not (tmp_path / "bad.gguf").exists()
+    for text in ("[1, 2]", "{not json"):  # a damaged value is a FileFormatError naming the key
+        w = gguf.GGUFWriter(str(tmp_path / "damaged.gguf"), "llama")
+        w.add_string(SETTINGS_KEY, text)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=False)
+        w.close()
+        with pytest.raises(FileFormatError, match=SETTINGS_KEY):
+            read_settings(tmp_path / "damaged.gguf")
+        (tmp_path / "damaged.gguf").unlink()
+
 # ---------------------------------------------------------------- the embedded model, end to end
 
 
@@ -305,7 +338,6 @@ def test_reads_llama_cpp_embedded_q4_1_file(embedded):
     meta, tensors = read_gguf(embedded_gguf_path())
     exact, _ = load_model("smollm2-135m-q4_1-exact")
     sd = exact.state_dict()
-    from qlab.gguf.writer import hf_name
 
     assert meta["general.file_type"] == 3 and len(tensors) == 272
     for g, a in tensors.items():

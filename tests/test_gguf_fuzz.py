@@ -589,9 +589,8 @@ def _check_roundtrip(model, tok, path):
     """Metadata and tensors read by qlab == gguf-py's independent parse; F32/F16 values == the model's."""
     import gguf
 
+    from qlab.gguf.names import hf_name, hf_rows_from_gguf
     from qlab.gguf.reader import _open, read_gguf, read_metadata
-    from qlab.gguf.writer import hf_name
-    from qlab.model import hf_rows_from_gguf
 
     ref = gguf.GGUFReader(str(path))
     meta = read_metadata(path)

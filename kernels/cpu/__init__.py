@@ -7,6 +7,9 @@ integer products are exact, and each block's integer sum is scaled by d_w * d_x.
 "avx512", "neon", chosen by cpuid unless forced (argument ``path=`` or env ``QLAB_CPU_PATH``). All paths
 give the same float result bit for bit (one summation order, the scalar path's, which is also ggml's AVX2 one).
 Without a C compiler a vectorised torch path (dequantize, then float matmul) runs instead and says so once.
+
+The types, their ggml ids (the ``t`` argument of the C functions), block geometry and activation types come from
+the GGUF type registry (qlab.gguf.types): ``QTYPES`` holds its entries whose ``c_kernel`` is set.
 """
 
 from __future__ import annotations
@@ -20,16 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from qlab.errors import BadArgumentError
+from qlab.errors import BadArgumentError, NonFiniteError
+from qlab.gguf import quantize
+from qlab.gguf.types import TYPES, GGUFType
 
-# name: (ggml type id, weights per block, bytes per block, activation type)
-QTYPES = {
-    "Q4_0": (2, 32, 18, "Q8_0"),
-    "Q8_0": (8, 32, 34, "Q8_0"),
-    "Q4_K": (12, 256, 144, "Q8_K"),
-    "Q6_K": (14, 256, 210, "Q8_K"),
-}
-ACT_TYPES = {"Q8_0": (32, 34), "Q8_K": (256, 292)}
+from .build import BuildError, build, build_pyext
+from .fallback import gemm_torch, vec_dot_torch
+
+QTYPES: dict[str, GGUFType] = {name: t for name, t in TYPES.items() if t.c_kernel}  # the kernels' weight types
+ACT_TYPES: dict[str, GGUFType] = {t.vec_dot_type: TYPES[t.vec_dot_type] for t in QTYPES.values()}  # Q8_0, Q8_K
 PATHS = {"auto": 0, "scalar": 1, "avx2": 2, "avx512": 3, "neon": 4}
 _ERRORS = {-1: "bad arguments", -2: "SIMD path not available on this CPU", -3: "out of memory",
            -4: "QLAB_CPU_PATH names no kernel path"}
@@ -38,8 +40,6 @@ E_PATH, E_ENVPATH, E_ALIGN = -2, -4, -5
 
 @lru_cache(maxsize=1)
 def _load() -> ctypes.CDLL | None:
-    from qlab.kernels.cpu.build import BuildError, build
-
     if os.environ.get("QLAB_CPU_NO_C"):
         warnings.warn("QLAB_CPU_NO_C is set: qlab's CPU kernels run the (slow) torch path", stacklevel=3)
         return None
@@ -55,6 +55,8 @@ def _load() -> ctypes.CDLL | None:
                  "qlab_quantize_w_q8_0"):
         getattr(lib, name).restype = None
         getattr(lib, name).argtypes = [vp, vp, i64]
+    lib.qlab_type_info.restype = c_int
+    lib.qlab_type_info.argtypes = [c_int, ctypes.POINTER(i64), ctypes.POINTER(i64)]
     lib.qlab_vec_dot.restype = c_int
     lib.qlab_vec_dot.argtypes = [c_int, c_int, i64, vp, vp, fp]
     lib.qlab_gemm.restype = c_int
@@ -75,8 +77,6 @@ def _fast() -> Any:
         return None
     import importlib.util
 
-    from qlab.kernels.cpu.build import build_pyext
-
     try:
         spec = importlib.util.spec_from_file_location("qlab_pyfast", build_pyext())
         mod = importlib.util.module_from_spec(spec)
@@ -93,6 +93,19 @@ def library() -> ctypes.CDLL | None:
 
 def has_c_kernels() -> bool:
     return _load() is not None
+
+
+def c_type_info() -> dict[int, tuple[int, int]]:
+    """What the compiled kernels multiply, asked from the library: {ggml type id: (weights, bytes) per block}
+    (empty without the C kernels). It equals the registry's c_kernel types (tests/test_cpu_kernels.py)."""
+    lib = _load()
+    if lib is None:
+        return {}
+    out, bs, ts = {}, ctypes.c_int64(), ctypes.c_int64()
+    for tid in range(256):
+        if lib.qlab_type_info(tid, ctypes.byref(bs), ctypes.byref(ts)) == 0:
+            out[tid] = (bs.value, ts.value)
+    return out
 
 
 @lru_cache(maxsize=1)
@@ -126,7 +139,7 @@ def _path_id(path: str | None) -> int:
     return _path_id_of((path or os.environ.get("QLAB_CPU_PATH") or "auto").lower())
 
 
-def _qtype(qtype: str) -> tuple[int, int, int, str]:
+def _qtype(qtype: str) -> GGUFType:
     key = str(qtype).upper()
     if key not in QTYPES:
         raise BadArgumentError(f"CPU kernels support {sorted(QTYPES)}, not {qtype!r}")
@@ -178,14 +191,12 @@ def quantize_activations(x: np.ndarray, act_type: str, path: str | None = None) 
     act_type = act_type.upper()
     if act_type not in ACT_TYPES:
         raise BadArgumentError(f"activation type must be Q8_0 or Q8_K, not {act_type!r}")
-    bs, ts = ACT_TYPES[act_type]
+    bs, ts = ACT_TYPES[act_type].block_size, ACT_TYPES[act_type].type_size
     x = np.ascontiguousarray(x, dtype=np.float32)
     if x.size == 0 or x.shape[-1] % bs:
         raise BadArgumentError(f"{act_type} needs rows whose length is a multiple of {bs}, got shape {x.shape}")
     lib = _load()
     if lib is None:
-        from qlab.gguf import quantize
-
         return quantize(x.reshape(-1, x.shape[-1]), act_type).reshape(-1)
     out = np.zeros(x.size // bs * ts, dtype=np.uint8)
     scalar = (path or os.environ.get("QLAB_CPU_PATH") or "").lower() == "scalar"
@@ -207,13 +218,9 @@ def quantize_weights(W: np.ndarray, qtype: str) -> np.ndarray:
         raise BadArgumentError(f"weights must be 2-D [N, K], got shape {W.shape}")
     rb = row_bytes(qtype, W.shape[1])
     if not np.isfinite(W).all():
-        from qlab.errors import NonFiniteError
-
         raise NonFiniteError("weights contain NaN or Inf: GGUF blocks need finite values")
     lib = _load()
     if lib is None or qtype.upper() not in ("Q4_0", "Q8_0"):
-        from qlab.gguf import quantize
-
         return quantize(W, qtype.upper()).reshape(W.shape[0], rb)
     out = np.empty((W.shape[0], rb), dtype=np.uint8)
     fn = lib.qlab_quantize_w_q4_0 if qtype.upper() == "Q4_0" else lib.qlab_quantize_w_q8_0
@@ -223,8 +230,9 @@ def quantize_weights(W: np.ndarray, qtype: str) -> np.ndarray:
 
 def vec_dot(qtype: str, x_blocks: Any, y_blocks: Any, path: str | None = None) -> float:
     """One dot product: a row of weight blocks with a row of Q8_0/Q8_K activation blocks (both raw bytes)."""
-    tid, bs, ts, act = _qtype(qtype)
-    abs_, ats = ACT_TYPES[act]
+    t = _qtype(qtype)
+    tid, bs, ts, act = t.type_id, t.block_size, t.type_size, t.vec_dot_type
+    abs_, ats = ACT_TYPES[act].block_size, ACT_TYPES[act].type_size
     x, y = _u8(x_blocks, "weights"), _u8(y_blocks, "activations")
     nx, ny = _nbytes(x), _nbytes(y)
     if nx == 0 or nx % ts:
@@ -236,8 +244,6 @@ def vec_dot(qtype: str, x_blocks: Any, y_blocks: Any, path: str | None = None) -
         raise BadArgumentError(f"block counts differ: {n} weights ({qtype}) vs {ny // ats * abs_} activations ({act})")
     lib = _load()
     if lib is None:
-        from qlab.kernels.cpu.fallback import vec_dot_torch
-
         return vec_dot_torch(qtype, x, y)
     out = ctypes.c_float(0.0)
     _check(lib.qlab_vec_dot(tid, _path_id(path), n, _ptr(x), _ptr(y), ctypes.byref(out)), "vec_dot")
@@ -246,13 +252,11 @@ def vec_dot(qtype: str, x_blocks: Any, y_blocks: Any, path: str | None = None) -
 
 def row_bytes(qtype: str, k: int) -> int:
     """Bytes of one row of k weights in qtype (k a multiple of the block size)."""
-    _, bs, ts, _ = _qtype(qtype)
+    t = _qtype(qtype)
+    bs, ts = t.block_size, t.type_size
     if k <= 0 or k % bs:
         raise BadArgumentError(f"{qtype} rows need a length that is a multiple of {bs}, got {k}")
     return k // bs * ts
-
-
-_FAST_TYPES = {k: (v[0], v[1], v[2]) for k, v in QTYPES.items()}
 
 
 def gemm(qtype: str, W_blocks: Any, X: Any, n_threads: int = 1, path: str | None = None) -> Any:
@@ -262,8 +266,8 @@ def gemm(qtype: str, W_blocks: Any, X: Any, n_threads: int = 1, path: str | None
     The common case (contiguous float32 X, aligned uint8 W) takes a short path: at M = 1 on small layers the
     Python-side cost of a call is a sizeable part of the whole (tens of microseconds of work).
     """
-    info = _FAST_TYPES.get(qtype) or _qtype(qtype)[:3]
-    tid, bs, ts = info
+    t = QTYPES.get(qtype) or _qtype(qtype)
+    tid, bs, ts = t.type_id, t.block_size, t.type_size
     if isinstance(X, torch.Tensor):
         is_torch = True
         if not X.is_cpu:
@@ -305,8 +309,6 @@ def gemm(qtype: str, W_blocks: Any, X: Any, n_threads: int = 1, path: str | None
         raise BadArgumentError(f"n_threads must be a positive int, got {n_threads!r}")
     lib = _load()
     if lib is None:
-        from qlab.kernels.cpu.fallback import gemm_torch
-
         Y = gemm_torch(str(qtype).upper(), W, torch.as_tensor(Xc), N)
         return Y if is_torch else Y.numpy()
     # path None: the C side reads QLAB_CPU_PATH itself (a Python environment lookup costs ~1 us)
@@ -339,7 +341,7 @@ def gemm_foreign(vec_dot_ptr: int, from_float_ptr: int, qtype: str, W_blocks: An
     lib = _load()
     if lib is None:
         raise BadArgumentError("gemm_foreign needs the compiled C kernels")
-    _, bs, ts, act = _qtype(qtype)
+    act = ACT_TYPES[_qtype(qtype).vec_dot_type]
     X = np.ascontiguousarray(X, dtype=np.float32)
     M, K = X.shape
     rb = row_bytes(qtype, K)
@@ -347,12 +349,12 @@ def gemm_foreign(vec_dot_ptr: int, from_float_ptr: int, qtype: str, W_blocks: An
     N = _nbytes(W) // rb
     if N * rb != _nbytes(W):
         raise BadArgumentError("weights are not a whole number of rows")
-    ystride = K // ACT_TYPES[act][0] * ACT_TYPES[act][1]
+    ystride = K // act.block_size * act.type_size
     Y = np.empty((M, N), dtype=np.float32)
     _check(lib.qlab_gemm_foreign(vec_dot_ptr, from_float_ptr, rb, ystride, _ptr(W), N, K, X.ctypes.data, M,
                                  Y.ctypes.data, n_threads), "gemm_foreign")
     return Y
 
 
-__all__ = ["QTYPES", "ACT_TYPES", "PATHS", "library", "has_c_kernels", "available_paths", "best_path",
+__all__ = ["QTYPES", "ACT_TYPES", "PATHS", "library", "has_c_kernels", "c_type_info", "available_paths", "best_path",
            "quantize_activations", "quantize_weights", "vec_dot", "row_bytes", "gemm", "gemm_foreign"]

@@ -77,12 +77,6 @@ def build_key(cc: str, extra_flags: tuple[str, ...] = ()) -> str:
     return h.hexdigest()[:16]
 
 
-def library_path() -> Path | None:
-    """Where the library for the current sources lives (None without a compiler)."""
-    cc = compiler()
-    return None if cc is None else cache_root() / build_key(cc) / LIB_NAME
-
-
 def _compile(sources: tuple[str, ...], extra_flags: tuple[str, ...], name: str, force: bool, verbose: bool) -> Path:
     cc = compiler()
     if cc is None:

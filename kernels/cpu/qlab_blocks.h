@@ -18,6 +18,7 @@ _Static_assert(sizeof(bq4_K) == 144, "q4_K size");
 _Static_assert(sizeof(bq6_K) == 210, "q6_K size");
 _Static_assert(sizeof(bq8_K) == 292, "q8_K size");
 
+/* ggml's type ids (enum ggml_type) of the weight and activation types the kernels handle */
 enum { T_Q4_0 = 2, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14, T_Q8_K = 15 };
 
 /* ------------------------------------------------------------------ fp16 <-> fp32 (round to nearest even) */

@@ -1,9 +1,12 @@
 /*
  * qlab CPU kernels: dot products of GGUF weight blocks with Q8 activation blocks, GEMV/GEMM over rows.
  *
- * Types (ggml ids):  Q4_0 (2) x Q8_0, Q8_0 (8) x Q8_0, Q4_K (12) x Q8_K, Q6_K (14) x Q8_K.
+ * Types (ggml ids):  Q4_0 (2) x Q8_0, Q8_0 (8) x Q8_0, Q4_K (12) x Q8_K, Q6_K (14) x Q8_K; qlab_type_info tells
+ * which ids this build multiplies, and the Python front (kernels/cpu/__init__.py) takes ids and sizes from the GGUF
+ * type registry (qlab/gguf/types.py); tests/test_cpu_kernels.py checks the two agree.
  * Paths: scalar (portable reference), AVX2+FMA+F16C, AVX-512 (F/BW/VL/DQ/VNNI) chosen at run time by cpuid,
- * NEON (Q4_0/Q8_0, compiled only under __ARM_NEON; cross-compiled with aarch64-linux-gnu-gcc 12, not run).
+ * NEON (Q4_0/Q8_0, compiled only under __ARM_NEON; the tests cross-compile it for aarch64 where such a compiler
+ * is installed, but do not run it).
  * QLAB_CPU_PATH (scalar/avx2/avx512/neon) forces a path when the caller asks for "auto" (0).
  * qlab_pyfast.c includes this file and adds the CPython module qlab_pyfast (a second build product).
  *

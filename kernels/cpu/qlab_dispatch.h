@@ -56,6 +56,15 @@ static int64_t type_size(int t) {
     }
 }
 
+/* The weight types this build has a dot product for: 0 and the block geometry (weights, bytes) of ggml type id t,
+ * E_ARG for any other id. The Python front checks it against the GGUF type registry. */
+int qlab_type_info(int t, int64_t *block, int64_t *size) {
+    if (type_size(t) == 0) return E_ARG;
+    *block = type_block(t);
+    *size = type_size(t);
+    return E_OK;
+}
+
 #ifdef QLAB_X86
 /* R rows (R = 4 or 1) starting at x, row stride rb bytes, on the AVX2 or AVX-512 path. */
 static void x86_rows(int t, int path, const uint8_t *x, int64_t rb, const void *y, const prep8 *p, int64_t nb,

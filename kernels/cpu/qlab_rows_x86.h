@@ -5,8 +5,8 @@
  * lanes and the float order of every row are those of the scalar path.
  * Needs: QR(name) (suffix), QR_ATTR (target attribute), QR_VNNI (0/1).
  * Q4_0/Q8_0 prefetch the weight rows QR_PREFETCH bytes ahead: with 4 interleaved row streams the hardware
- * prefetcher alone left 5-25% on the table at 4096 x 4096 and 4096 x 11008 (measured on this machine while
- * other jobs competed for memory bandwidth).
+ * prefetcher alone can leave 5-25% of the speed unused on large matrices (4096 x 4096, 4096 x 11008), most when
+ * other work competes for memory bandwidth (benchmarks/cpu_kernels.py measures it).
  */
 #ifndef QR_PREFETCH
 #define QR_PREFETCH 512

@@ -1,20 +1,4 @@
-"""The GGUF block-type table and the exact float32 arithmetic helpers shared by every block format.
-
-Every ggml quantized type cuts a row into blocks of ``block_size`` weights and stores each block in
-``type_size`` bytes (little-endian). Bits per weight = 8 * type_size / block_size::
-
-    name   id  block bytes  bpw    layout (bytes, in order)
-    Q4_0    2    32    18   4.5    d:f16 | qs[16] (two 4-bit codes per byte)
-    Q4_1    3    32    20   5.0    d:f16 m:f16 | qs[16]
-    Q5_0    6    32    22   5.5    d:f16 | qh[4] (5th bits) | qs[16]
-    Q5_1    7    32    24   6.0    d:f16 m:f16 | qh[4] | qs[16]
-    Q8_0    8    32    34   8.5    d:f16 | qs[32] int8
-    Q2_K   10   256    84   2.625  scales[16] (4-bit scale | 4-bit min) | qs[64] | d:f16 dmin:f16
-    Q3_K   11   256   110   3.4375 hmask[32] | qs[64] | scales[12] (16 x 6 bits) | d:f16
-    Q4_K   12   256   144   4.5    d:f16 dmin:f16 | scales[12] (8 x 6-bit scale, 8 x 6-bit min) | qs[128]
-    Q5_K   13   256   176   5.5    d:f16 dmin:f16 | scales[12] | qh[32] | qs[128]
-    Q6_K   14   256   210   6.5625 ql[128] | qh[64] | scales[16] int8 | d:f16
-    Q8_K   15   256   292   9.125  d:f32 | qs[256] int8 | bsums[16] int16  (activations only, never in files)
+"""The exact float32 arithmetic helpers shared by every GGUF block format (the types themselves: qlab.gguf.types).
 
 The helpers reproduce ggml-quants.c's float arithmetic bit for bit: every operation in float32, in the
 same order, sums accumulated left to right (``seqsum``), ``nearest_int`` by the same magic-number trick,
@@ -23,87 +7,11 @@ fp16 by round-to-nearest-even.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-
-from qlab.errors import BadArgumentError, NonFiniteError
 
 QK_K = 256
 F = np.float32
 GROUP_MAX_EPS = np.float32(1e-15)
-
-
-@dataclass(frozen=True)
-class BlockType:
-    """One ggml block format: ``type_size`` bytes hold ``block_size`` weights."""
-
-    name: str
-    type_id: int  # ggml.h enum ggml_type
-    block_size: int
-    type_size: int
-    fallback: str | None  # what llama-quantize uses when a row is not a multiple of block_size
-    takes_imatrix: bool  # whether ggml_quantize_chunk uses importance weights for this type
-
-    @property
-    def bits_per_weight(self) -> float:
-        return 8.0 * self.type_size / self.block_size
-
-
-_TABLE = [
-    BlockType("Q4_0", 2, 32, 18, None, True),
-    BlockType("Q4_1", 3, 32, 20, None, True),
-    BlockType("Q5_0", 6, 32, 22, None, True),
-    BlockType("Q5_1", 7, 32, 24, None, True),
-    BlockType("Q8_0", 8, 32, 34, None, False),
-    BlockType("Q2_K", 10, 256, 84, "Q4_0", True),
-    BlockType("Q3_K", 11, 256, 110, "Q4_0", True),
-    BlockType("Q4_K", 12, 256, 144, "Q5_0", True),
-    BlockType("Q5_K", 13, 256, 176, "Q5_1", True),
-    BlockType("Q6_K", 14, 256, 210, "Q8_0", True),
-    BlockType("Q8_K", 15, 256, 292, None, False),
-]
-QTYPES: dict[str, BlockType] = {t.name: t for t in _TABLE}
-
-
-def block_info(qtype: str) -> BlockType:
-    """The BlockType of a name such as "Q4_K" (case-insensitive)."""
-    key = str(qtype).upper()
-    if key not in QTYPES:
-        raise BadArgumentError(f"unknown GGUF block type {qtype!r}; choose one of {', '.join(QTYPES)}")
-    return QTYPES[key]
-
-
-def as_rows(x: np.ndarray, bt: BlockType) -> np.ndarray:
-    """Check x (1-D or [rows, cols]) and return it as a C-contiguous float32 [rows, cols] array."""
-    a = np.asarray(x)
-    if a.ndim == 1:
-        a = a[None, :]
-    if a.ndim != 2:
-        raise BadArgumentError(f"quantize takes a 1-D or 2-D array [rows, cols], got shape {a.shape}")
-    if a.shape[1] == 0 or a.shape[1] % bt.block_size:
-        hint = (f" llama-quantize falls back to {bt.fallback} for such rows (block size "
-                f"{QTYPES[bt.fallback].block_size}), or to F16 if that does not divide the row either; use that "
-                f"type (qlab's GGUF writer applies the same fallback itself, see qlab.gguf.mixes)."
-                if bt.fallback else " Keep such rows in F16/F32 (llama-quantize does) or pad them.")
-        raise BadArgumentError(f"{bt.name} needs rows whose length is a multiple of {bt.block_size}, "
-                               f"got {a.shape[1]}.{hint}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.isfinite(a).all():
-        raise NonFiniteError("quantize got NaN or Inf weights; clean the tensor first")
-    return a
-
-
-def as_imatrix(imatrix: np.ndarray | None, cols: int) -> np.ndarray | None:
-    """Check an importance vector (one non-negative weight per input column) and return it as float32."""
-    if imatrix is None:
-        return None
-    w = np.ascontiguousarray(np.asarray(imatrix, dtype=np.float32).reshape(-1))
-    if w.shape != (cols,):
-        raise BadArgumentError(f"imatrix must hold one weight per column ({cols}), got shape {np.shape(imatrix)}")
-    if not np.isfinite(w).all():
-        raise NonFiniteError("imatrix holds NaN or Inf; recompute it")
-    return w
 
 
 # ----------------------------------------------------------------------------- exact float32 helpers
@@ -132,11 +40,6 @@ def c_float_to_int8(f: np.ndarray) -> np.ndarray:
 def seqsum(a: np.ndarray) -> np.ndarray:
     """``float s = 0; for i: s += a[i]`` over the last axis, exactly (cumsum is left to right; +0 fixes -0)."""
     return np.cumsum(a, axis=-1, dtype=np.float32)[..., -1] + np.float32(0.0)
-
-
-def seqsum_from_first(a: np.ndarray) -> np.ndarray:
-    """``float s = a[0]; for i >= 1: s += a[i]`` over the last axis, exactly."""
-    return np.cumsum(a, axis=-1, dtype=np.float32)[..., -1]
 
 
 def first_absmax(x: np.ndarray) -> np.ndarray:

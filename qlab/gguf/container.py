@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import FileFormatError
+from .types import by_id
 
 METADATA_BUDGET = 64 << 20  # bytes of key/value metadata qlab parses (a 128k-token vocabulary takes ~10 MiB)
 DEFAULT_ALIGNMENT = 32
@@ -43,15 +44,13 @@ _PLAIN_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "<i1", "I16": "
 
 
 def type_geometry(type_id: int) -> tuple[str, int, int]:
-    """(name, block size, bytes per block) of a ggml type id: qlab's block registry (qlab.gguf.blocks.QTYPES)
-    for the types qlab implements, gguf-py's GGML_QUANT_SIZES for float, integer and IQ types; None if unknown."""
+    """(name, block size, bytes per block) of a ggml type id: the GGUF type registry (qlab.gguf.types) for the
+    types qlab knows, gguf-py's GGML_QUANT_SIZES for the other float, integer and IQ types; None if unknown."""
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from .blocks import QTYPES
-
-    for bt in QTYPES.values():
-        if bt.type_id == type_id:
-            return bt.name, bt.block_size, bt.type_size
+    bt = by_id(type_id)
+    if bt is not None:
+        return bt.name, bt.block_size, bt.type_size
     try:
         t = GGMLQuantizationType(type_id)
     except ValueError:

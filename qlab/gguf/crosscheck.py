@@ -23,9 +23,9 @@ float32 rounding size, on each Linear's input before rounding) draws more; ``lla
 qlab's mean over draws with llama.cpp's mean over its own settings, next to the plain float evaluation
 (benchmarks/gguf_agreement.py records both on 2,048 tokens).
 
-llama.cpp's library (llama-cpp-python) is a ~8 min source build that `make lab` does not wait for (`make oracle`
+llama.cpp's library (llama-cpp-python) is a source build that `make lab` does not wait for (`make oracle`
 builds it): ``require_llama_cpp`` raises ``LlamaCppMissingError`` with that instruction, ``llama_cpp_available``
-lets a notebook cell say so instead of failing.
+lets a notebook cell say so instead of failing (both from qlab.gguf.llamacpp).
 """
 
 from __future__ import annotations
@@ -40,39 +40,16 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import BadArgumentError, LlamaCppMissingError
+from ..errors import BadArgumentError
+from .activations import q8_roundtrip
+from .llamacpp import LLAMA_CPP_MISSING, llama_cpp_available, require_llama_cpp
+from .names import hf_name
+from .reader import llama_cpp_logprobs, load_gguf_model, tensor_types
+from .types import TYPES
 
-LLAMA_CPP_MISSING = ("llama.cpp's library is not installed: run `make oracle` (it builds llama-cpp-python from "
-                     "source once, ~8 min on two cores), then restart the kernel")
-
-
-def require_llama_cpp():
-    """The llama_cpp module, or LlamaCppMissingError saying how to build it (`make oracle`)."""
-    try:
-        import llama_cpp
-    except ImportError as e:
-        raise LlamaCppMissingError(LLAMA_CPP_MISSING) from e
-    except OSError as e:  # installed, but its shared libraries do not load (a broken or foreign build)
-        raise LlamaCppMissingError(f"llama.cpp's library is installed but does not load ({e}): reinstall it with "
-                                   "`pip uninstall -y llama-cpp-python && make oracle`") from e
-    return llama_cpp
-
-
-def llama_cpp_available() -> bool:
-    """Whether llama.cpp's library imports (notebook cells that need it print LLAMA_CPP_MISSING otherwise)."""
-    try:
-        require_llama_cpp()
-    except LlamaCppMissingError:
-        return False
-    return True
-
-# the activation format of each weight type's dot product (ggml-cpu's type_traits_cpu[type].vec_dot_type)
-VEC_DOT_TYPE = {
-    "F32": "F32", "F16": "F16", "BF16": "BF16",
-    "Q4_0": "Q8_0", "Q5_0": "Q8_0", "Q8_0": "Q8_0", "Q4_1": "Q8_1", "Q5_1": "Q8_1",
-    "Q2_K": "Q8_K", "Q3_K": "Q8_K", "Q4_K": "Q8_K", "Q5_K": "Q8_K", "Q6_K": "Q8_K",
-}
-_BLOCK = {"Q8_0": 32, "Q8_1": 32, "Q8_K": 256}
+__all__ = ["LLAMA_CPP_MISSING", "LLAMA_SETTINGS", "Agreement", "activation_type", "ggml_activations",
+           "linear_weight_types", "llama_cpp_agreement", "llama_cpp_available", "require_llama_cpp",
+           "roundtrip_activations"]
 
 # llama.cpp context settings that change only the float arithmetic (summation order, softmax, KV precision)
 LLAMA_SETTINGS = {
@@ -83,27 +60,34 @@ LLAMA_SETTINGS = {
 
 
 def activation_type(weight_type: str) -> str:
-    """The type ggml converts a matmul's activations to for weights of weight_type."""
-    try:
-        return VEC_DOT_TYPE[weight_type.upper()]
-    except KeyError:
+    """The type ggml converts a matmul's activations to for weights of weight_type (the registry's vec_dot_type)."""
+    t = TYPES.get(weight_type.upper())
+    if t is None or t.vec_dot_type is None:
         raise BadArgumentError(f"no ggml activation type known for {weight_type!r}: one of "
-                               f"{', '.join(VEC_DOT_TYPE)}") from None
+                               f"{', '.join(n for n, t in TYPES.items() if t.vec_dot_type)}")
+    return t.vec_dot_type
+
+
+_ACTIVATION_TYPES = {t.vec_dot_type for t in TYPES.values() if t.vec_dot_type}  # F32 F16 BF16 Q8_0 Q8_1 Q8_K
+
+
+def _is_block(act: str) -> bool:
+    """Whether activations of type act are quantized in blocks (Q8_0, Q8_1, Q8_K) rather than cast (F16, BF16)."""
+    return act in _ACTIVATION_TYPES and TYPES[act].block_size > 1
 
 
 def roundtrip_activations(x: torch.Tensor, act: str) -> torch.Tensor:
     """x [..., K] float -> what ggml's matmul multiplies after converting x to act (Q8_0/Q8_1/Q8_K/F16/F32)."""
-    from qlab.kernels.cpu.fallback import q8_roundtrip  # the torch twin of ggml's from_float, tested against it
-
     if act == "F32":
         return x
     if act in ("F16", "BF16"):
         return x.to(torch.float16 if act == "F16" else torch.bfloat16).to(x.dtype)
-    if act not in _BLOCK:
+    if not _is_block(act):
         raise BadArgumentError(f"unknown activation type {act!r}")
     K = x.shape[-1]
-    if K % _BLOCK[act]:
-        raise BadArgumentError(f"{act} activations need rows of whole {_BLOCK[act]}-blocks, got {K}")
+    block = TYPES[act].block_size
+    if K % block:
+        raise BadArgumentError(f"{act} activations need rows of whole {block}-blocks, got {K}")
     x2 = x.reshape(-1, K).to(torch.float32)
     return q8_roundtrip(x2, "Q8_K" if act == "Q8_K" else "Q8_0").reshape(x.shape).to(x.dtype)
 
@@ -111,9 +95,6 @@ def roundtrip_activations(x: torch.Tensor, act: str) -> torch.Tensor:
 def linear_weight_types(path: str | os.PathLike) -> dict[str, str]:
     """{Hugging Face Linear name: GGML type of its weight in the file}; lm_head is output.weight, or the tied
     token_embd.weight (llama.cpp multiplies by the embedding then)."""
-    from .reader import tensor_types
-    from .writer import hf_name
-
     types = tensor_types(path)
     out = {}
     for g, t in types.items():
@@ -147,7 +128,7 @@ def ggml_activations(model: nn.Module, types: dict[str, str], jitter: float = 0.
                 raise BadArgumentError(f"no GGML type given for the Linear {name!r}")
             act = activation_type(types[name])
             if act != "F32":
-                handles.append(mod.register_forward_pre_hook(partial(_hook, act, jitter if act in _BLOCK else 0.0,
+                handles.append(mod.register_forward_pre_hook(partial(_hook, act, jitter if _is_block(act) else 0.0,
                                                                      gen)))
         yield model
     finally:
@@ -222,7 +203,6 @@ def llama_cpp_agreement(path: str | os.PathLike, tokens: torch.Tensor, ctx: int 
     from tqdm.auto import tqdm
 
     from ..eval import window_logprobs, windows
-    from .reader import llama_cpp_logprobs, load_gguf_model
 
     if draws < 1:
         raise BadArgumentError(f"draws must be >= 1, got {draws}")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from ..errors import BadArgumentError, NonFiniteError
 from ..stats import SquareMean, accumulate, forward_rows, record_inputs
 from ..walk import block_prefix, capture_block_inputs, decoder_blocks, linear_layers
+from .names import gguf_name
 
 
 @torch.no_grad()
@@ -55,8 +56,6 @@ def naive_imatrix(model: nn.Module, calib_ids: torch.Tensor) -> dict[str, np.nda
 
 def gguf_imatrix(imatrix: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The same importances under llama.cpp's tensor names (blk.0.attn_q.weight), as llama-quantize reads them."""
-    from .writer import gguf_name
-
     out = {}
     for name, v in imatrix.items():
         g = gguf_name(name.removesuffix(".weight") + ".weight")

@@ -29,8 +29,6 @@ from qlab.gguf.blocks import (
     seqsum,
     u16_bytes,
 )
-from qlab.gguf.kquants_k45 import DEQUANTIZE as _DQ45
-from qlab.gguf.kquants_k45 import QUANTIZE as _Q45
 from qlab.gguf.search import make_q3_quants, make_qkx_quants, make_qp_quants, make_qx_quants
 
 F = np.float32
@@ -267,7 +265,3 @@ def dequantize_q8_k(b: np.ndarray) -> np.ndarray:
     d = np.ascontiguousarray(b[:, :4]).view("<f4").astype(np.float32)
     return d * np.ascontiguousarray(b[:, 4:260]).view(np.int8).astype(np.float32)
 
-
-QUANTIZE = {"Q2_K": quantize_q2_k, "Q3_K": quantize_q3_k, "Q6_K": quantize_q6_k, "Q8_K": quantize_q8_k, **_Q45}
-DEQUANTIZE = {"Q2_K": dequantize_q2_k, "Q3_K": dequantize_q3_k, "Q6_K": dequantize_q6_k, "Q8_K": dequantize_q8_k,
-              **_DQ45}

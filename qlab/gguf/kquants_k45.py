@@ -152,6 +152,3 @@ def dequantize_q5_k(b: np.ndarray) -> np.ndarray:
     hb = ((qh[:, None, :] >> np.arange(8).reshape(1, 8, 1)) & 1).reshape(-1, QK_K)
     return _dequant(b, _low_nibbles(b[:, 48:176]) + 16 * hb)
 
-
-QUANTIZE = {"Q4_K": quantize_q4_k, "Q5_K": quantize_q5_k}
-DEQUANTIZE = {"Q4_K": dequantize_q4_k, "Q5_K": dequantize_q5_k}

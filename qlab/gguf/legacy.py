@@ -213,8 +213,3 @@ def dequantize_q8_0(b: np.ndarray) -> np.ndarray:
     """[NB, 34] bytes -> [NB, 32] float32."""
     return np.ascontiguousarray(b[:, 2:]).view(np.int8).astype(np.float32) * f16_from_bytes(b[:, 0:2])[:, None]
 
-
-QUANTIZE = {"Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1, "Q5_0": quantize_q5_0, "Q5_1": quantize_q5_1,
-            "Q8_0": quantize_q8_0}
-DEQUANTIZE = {"Q4_0": dequantize_q4_0, "Q4_1": dequantize_q4_1, "Q5_0": dequantize_q5_0, "Q5_1": dequantize_q5_1,
-              "Q8_0": dequantize_q8_0}

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import FileFormatError
+from .names import hf_name
 
 INT_MAX = 2**31 - 1  # hyper-parameters are int32 in llama.cpp
 _MISSING = object()
@@ -140,8 +141,6 @@ def check_tensors(hp: LlamaHParams, tensors: dict[str, tuple[tuple[int, ...], st
     """Every expected tensor present with its shape and a loadable type; no unexpected model tensor.
 
     tensors: {GGUF name: (numpy shape, type name)}; loadable(type name) -> whether qlab can dequantize it."""
-    from .writer import hf_name
-
     if hp.layers > len(tensors):
         _fail(path, "key 'llama.block_count'", f"is {hp.layers} but the file holds only {len(tensors)} tensors")
     expected = expected_shapes(hp, tied="output.weight" not in tensors)

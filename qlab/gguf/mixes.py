@@ -17,7 +17,8 @@ Same choices as llama.cpp's `llama_tensor_get_type` (src/llama-quant.cpp) for de
     use_more_bits(i, n) = i < n/8  or  i >= 7n/8  or  (i - n/8) % 3 == 2      (integer division)
 
 Then the fallback for rows (ne[0], the input features) that do not split into 256-element super-blocks:
-Q2_K, Q3_K -> Q4_0 · Q4_K -> Q5_0 · Q5_K -> Q5_1 · Q6_K -> Q8_0; if that still does not divide, F16.
+Q2_K, Q3_K -> Q4_0 · Q4_K -> Q5_0 · Q5_K -> Q5_1 · Q6_K -> Q8_0 (the ``fallback`` of each type in the GGUF type
+registry, qlab.gguf.types); if that still does not divide, F16.
 The layer counters (llama.cpp's i_attention_wv, i_ffn_down) count tensors in the order llama.cpp visits them,
 which for a dense model is the layer index. Not modelled: Falcon, mixture-of-experts and the 70B attn_v rule.
 """
@@ -29,9 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+from gguf import GGMLQuantizationType, LlamaFileType
 
 from ..errors import BadArgumentError
+from .llamacpp import require_llama_cpp
+from .types import TYPES
 
 T = GGMLQuantizationType
 
@@ -57,8 +60,6 @@ FILE_TYPES: dict[str, tuple[LlamaFileType, GGMLQuantizationType]] = {
 # llama-quantize's aliases
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
 
-_FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
-
 
 def file_type(name: str) -> str:
     """Canonical file-type name (aliases resolved), or BadArgumentError listing the valid ones."""
@@ -72,7 +73,7 @@ def file_type(name: str) -> str:
 
 
 def block_size(t: GGMLQuantizationType) -> int:
-    return GGML_QUANT_SIZES[t][0]
+    return TYPES[t.name].block_size
 
 
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
@@ -84,8 +85,8 @@ def fallback(t: GGMLQuantizationType, ncols: int) -> GGMLQuantizationType:
     """The type llama.cpp uses when rows of ncols elements do not split into blocks of t (tensor_type_fallback)."""
     if ncols % block_size(t) == 0:
         return t
-    if t in _FALLBACK:
-        t = _FALLBACK[t]
+    if TYPES[t.name].fallback:
+        t = T[TYPES[t.name].fallback]
     elif block_size(t) > 32:
         raise BadArgumentError(f"no fallback is defined for {t.name} with rows of {ncols} elements")
     return t if ncols % block_size(t) == 0 else T.F16
@@ -186,8 +187,7 @@ def recipe(ftype: str, shapes: dict[str, tuple[int, ...]], n_layer: int, n_gqa: 
     rows = []
     for name, shape in shapes.items():
         t = tensor_type(ftype, name, shape, n_layer, n_gqa, tied, has_imatrix, pure)
-        blk, nbytes = GGML_QUANT_SIZES[t]
-        rows.append(RecipeRow(name, tuple(shape), t.name, 8.0 * nbytes / blk))
+        rows.append(RecipeRow(name, tuple(shape), t.name, TYPES[t.name].bits_per_weight))
     return rows
 
 
@@ -197,8 +197,6 @@ def llama_cpp_quantize(src: str | os.PathLike, dst: str | os.PathLike, ftype: st
 
     imatrix: {GGUF tensor name: importance per input column}. Needs llama-cpp-python."""
     import ctypes
-
-    from .crosscheck import require_llama_cpp
 
     llama_cpp = require_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()

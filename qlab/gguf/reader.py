@@ -6,8 +6,8 @@ The container is parsed by qlab itself (qlab.gguf.container): every count, lengt
 against the bytes that remain before it is used, alignment and tensor layout as llama.cpp requires, so a
 truncated, corrupted or crafted file raises FileFormatError instead of crashing, hanging or filling memory.
 Before a model is built, its hyper-parameters, tensor shapes and types and its tokenizer metadata are checked
-(qlab.gguf.llama_check). attn_q / attn_k rows are put back into Hugging Face's rotary order (the inverse of
-writer.gguf_rows_from_hf).
+(qlab.gguf.llama_check). attn_q / attn_k rows are put back into Hugging Face's rotary order
+(qlab.gguf.names.hf_rows_from_gguf). ``read_settings`` returns the settings qlab's writer stored in the file.
 """
 
 from __future__ import annotations
@@ -21,9 +21,12 @@ import numpy as np
 import torch
 
 from ..errors import BadArgumentError, FileFormatError, ModelNotFoundError, QlabError
+from . import dequantize as qlab_dequantize
 from .container import Container, TensorInfo, open_container
-from .llama_check import check_tensors, check_tokenizer, llama_hparams
-from .writer import hf_name
+from .llama_check import check_tensors, check_tokenizer, int_key, llama_hparams
+from .llamacpp import require_llama_cpp
+from .names import SETTINGS_KEY, hf_name, hf_rows_from_gguf
+from .types import QTYPES, TYPES
 
 _FLOAT_TYPES = ("F32", "F16", "BF16", "F64", "I8", "I16", "I32", "I64")
 
@@ -60,6 +63,24 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _metadata(_open(path))
 
 
+def read_settings(path: str | os.PathLike) -> dict | None:
+    """The settings of the qlab run that wrote a GGUF file (export_gguf's ``settings``), or None when the file
+    holds none (not written by qlab, or written without settings)."""
+    import json
+
+    text = _open(path).metadata.get(SETTINGS_KEY)
+    if text is None:
+        return None
+    try:
+        settings = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        settings = None
+    if not isinstance(settings, dict):
+        raise FileFormatError(f"{path}: metadata key {SETTINGS_KEY!r} must hold a JSON object as a string, got "
+                              f"{str(text)[:80]!r}: the file is corrupted")
+    return settings
+
+
 def _gguf_py_dequantizes(type_name: str) -> bool:
     """Whether gguf-py has a dequantizer for this type (qlab delegates IQ*, TQ*, MXFP4 to it)."""
     import gguf.quants
@@ -70,17 +91,19 @@ def _gguf_py_dequantizes(type_name: str) -> bool:
 def loadable(type_name: str) -> bool:
     """Whether a model weight may have this ggml type: a float type, one of qlab's block formats, or another type
     gguf-py dequantizes (IQ*, TQ*, MXFP4); integer types (I8..I64) are read as numbers, never as weights."""
-    from .blocks import QTYPES
-
     return type_name in ("F32", "F16", "BF16", "F64") or type_name in QTYPES or _gguf_py_dequantizes(type_name)
 
 
-def _dequantize(t: TensorInfo) -> np.ndarray:
-    """float32 values of a tensor in numpy order: qlab's block formats; floats directly; gguf-py for the rest."""
-    import gguf
+def decodable(type_name: str) -> bool:
+    """Whether read_gguf can turn a tensor of this type into numbers: the float and integer types, qlab's block
+    formats, and the types gguf-py dequantizes."""
+    return type_name in _FLOAT_TYPES or loadable(type_name)
 
-    from . import QTYPES
-    from . import dequantize as qlab_dequantize
+
+def _dequantize(t: TensorInfo) -> np.ndarray:
+    """float32 values of a tensor of a decodable type, in numpy order: qlab's block formats; floats directly;
+    gguf-py for the rest."""
+    import gguf
 
     if t.type_name == "BF16":
         return (t.raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(t.shape)
@@ -88,15 +111,11 @@ def _dequantize(t: TensorInfo) -> np.ndarray:
         return np.asarray(t.data, dtype=np.float32)
     if t.type_name in QTYPES:
         return np.asarray(qlab_dequantize(t.raw, t.type_name, t.shape), dtype=np.float32)
-    if not _gguf_py_dequantizes(t.type_name):
-        raise NotImplementedError(f"no dequantizer for {t.type_name}")
     return gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(t.shape)
 
 
 def _head_counts(meta: dict, path) -> tuple[int | None, int | None]:
     """(head_count, head_count_kv) of a llama file when present, checked as positive integers."""
-    from .llama_check import int_key
-
     if meta.get("general.architecture", "llama") != "llama" or "llama.attention.head_count" not in meta:
         return None, None
     n_head = int_key(meta, "llama.attention.head_count", path)
@@ -105,8 +124,6 @@ def _head_counts(meta: dict, path) -> tuple[int | None, int | None]:
 
 def _to_hf_rows(name: str, a: np.ndarray, heads: tuple, path) -> np.ndarray:
     """attn_q / attn_k rows from llama.cpp's interleaved rotary order to Hugging Face's."""
-    from ..model import hf_rows_from_gguf
-
     n = heads[0] if ".attn_q." in name else heads[1] if ".attn_k." in name else None
     if n is None:
         return a
@@ -125,9 +142,12 @@ def read_gguf(path: str | os.PathLike, progress: bool = False) -> tuple[dict, di
     heads = _head_counts(meta, path)
     tensors = {}
     for t in tqdm(container.tensors, desc="reading GGUF", disable=not progress):
+        if not decodable(t.type_name):
+            raise FileFormatError(f"{path}: tensor {t.name!r} has type {t.type_name}, which neither qlab nor gguf-py "
+                                  f"can decode: qlab reads float and block-quantized types")
         try:
             a = _dequantize(t)
-        except (ValueError, IndexError, NotImplementedError, QlabError) as e:
+        except (ValueError, IndexError, QlabError) as e:
             raise FileFormatError(f"{path}: tensor {t.name!r} of type {t.type_name} cannot be decoded "
                                   f"({e.__class__.__name__}: {e}): qlab reads float and block-quantized types") from e
         tensors[t.name] = _to_hf_rows(t.name, a, heads, path) if heads[0] else a
@@ -212,8 +232,6 @@ def open_llama(path: str | os.PathLike, ctx: int = 512, n_threads: int | None = 
 
     The extra buffer types include ggml's AMX path, which dies with SIGILL ("Illegal instruction") on machines whose
     CPU reports AMX but whose kernel/sandbox does not grant AMX tile state; the plain SIMD path is used instead."""
-    from .crosscheck import require_llama_cpp
-
     llama_cpp = require_llama_cpp()
     import llama_cpp.llama as llama_module
 
@@ -240,8 +258,6 @@ def llama_cpp_logprobs(path: str | os.PathLike, ws: list[torch.Tensor], ctx: int
                        flash_attn: bool = False, kv_type: str = "f32") -> Iterator[torch.Tensor]:
     """llama.cpp's log-softmax predictions for tokens 1..len-1 of each window, one [len-1, vocab] float32 tensor per
     window, yielded as computed (one model and context for all windows)."""
-    from .crosscheck import require_llama_cpp
-
     require_llama_cpp()
     _open(path)  # clear errors for damaged files before llama.cpp sees them
     llm = open_llama(path, ctx, n_threads, flash_attn=flash_attn, kv_type=kv_type)
@@ -266,7 +282,6 @@ def llama_cpp_evaluate(path: str | os.PathLike, tokens: torch.Tensor, ctx: int =
     from tqdm.auto import tqdm
 
     from ..eval import EvalResult, windows
-    from .crosscheck import require_llama_cpp
 
     require_llama_cpp()  # before any work (llama_cpp_logprobs is a generator: it would say so only at window 1)
     start = time.perf_counter()
@@ -285,35 +300,20 @@ def llama_cpp_evaluate(path: str | os.PathLike, tokens: torch.Tensor, ctx: int =
     return EvalResult(math.exp(nll / n), n, time.perf_counter() - start, ctx, **extra)
 
 
-# byte layout of one block, (field, kind, bytes): f16 = half floats, u8 = raw bytes (packed), i8 = signed codes,
-# nib = two 4-bit codes per byte (low nibbles are weights 0..15, high nibbles 16..31), bits = one bit per weight
-BLOCK_LAYOUTS: dict[str, list[tuple[str, str, int]]] = {
-    "Q4_0": [("d", "f16", 2), ("qs", "nib", 16)],
-    "Q4_1": [("d", "f16", 2), ("m", "f16", 2), ("qs", "nib", 16)],
-    "Q5_0": [("d", "f16", 2), ("qh", "bits", 4), ("qs", "nib", 16)],
-    "Q5_1": [("d", "f16", 2), ("m", "f16", 2), ("qh", "bits", 4), ("qs", "nib", 16)],
-    "Q8_0": [("d", "f16", 2), ("qs", "i8", 32)],
-    "Q2_K": [("scales", "u8", 16), ("qs", "u8", 64), ("d", "f16", 2), ("dmin", "f16", 2)],
-    "Q3_K": [("hmask", "u8", 32), ("qs", "u8", 64), ("scales", "u8", 12), ("d", "f16", 2)],
-    "Q4_K": [("d", "f16", 2), ("dmin", "f16", 2), ("scales", "u8", 12), ("qs", "nib", 128)],
-    "Q5_K": [("d", "f16", 2), ("dmin", "f16", 2), ("scales", "u8", 12), ("qh", "u8", 32), ("qs", "nib", 128)],
-    "Q6_K": [("ql", "u8", 128), ("qh", "u8", 64), ("scales", "i8", 16), ("d", "f16", 2)],
-}
-
-
 def block_fields(block: bytes | np.ndarray, qtype: str) -> list[dict]:
     """Decode one block's bytes field by field: [{field, offset, bytes, kind, values}] (values decoded for f16,
-    int8, 4-bit and 1-bit fields; packed fields are given as their raw bytes)."""
-    from ..errors import BadArgumentError
-
-    if qtype not in BLOCK_LAYOUTS:
-        raise BadArgumentError(f"no block layout for {qtype}: choose one of {', '.join(BLOCK_LAYOUTS)}")
+    int8, 4-bit and 1-bit fields; packed fields are given as their raw bytes). The layouts are the GGUF type
+    registry's (qlab.gguf.types)."""
+    layout = TYPES[qtype].layout if qtype in TYPES else None
+    if layout is None:
+        raise BadArgumentError(f"no block layout for {qtype}: choose one of "
+                               f"{', '.join(n for n, t in TYPES.items() if t.layout)}")
     b = np.frombuffer(bytes(np.asarray(block, dtype=np.uint8).tobytes()), dtype=np.uint8)
-    size = sum(n for _, _, n in BLOCK_LAYOUTS[qtype])
+    size = sum(n for _, _, n in layout)
     if b.size != size:
         raise BadArgumentError(f"a {qtype} block is {size} bytes, got {b.size}")
     out, off = [], 0
-    for field, kind, n in BLOCK_LAYOUTS[qtype]:
+    for field, kind, n in layout:
         raw = b[off:off + n]
         if kind == "f16":
             values = raw.view(np.float16).astype(np.float32)
@@ -339,8 +339,6 @@ def ggml_runtime_facts() -> dict:
     import subprocess
 
     import gguf
-
-    from .crosscheck import require_llama_cpp
 
     llama_cpp = require_llama_cpp()
     lib_dir = Path(llama_cpp.__file__).parent / "lib"

@@ -9,9 +9,11 @@ The container is written with the `gguf` package's GGUFWriter; qlab supplies eve
     infos   per tensor: GGUF name, shape (ne[0] = input features first), GGML type, data offset
     data    each tensor's raw bytes: float32/float16, or qlab's own quantized blocks (qlab.gguf.quantize)
 
-Tensor names follow llama.cpp (model.layers.3.self_attn.q_proj.weight -> blk.3.attn_q.weight). The rows of
-attn_q / attn_k are permuted from Hugging Face's rotary layout (two halves per head) to llama.cpp's (pairs
-interleaved): rows [head, half, i] -> [head, i, half]. Per-tensor types come from `mixes.tensor_type`.
+Tensor names follow llama.cpp (model.layers.3.self_attn.q_proj.weight -> blk.3.attn_q.weight, qlab.gguf.names).
+The rows of attn_q / attn_k are permuted from Hugging Face's rotary layout (two halves per head) to llama.cpp's
+(pairs interleaved): rows [head, half, i] -> [head, i, half]. Per-tensor types come from `mixes.tensor_type`,
+block sizes from the GGUF type registry (qlab.gguf.types). ``settings`` (the run's settings) are stored as JSON
+under the metadata key "qlab.settings" (qlab.gguf.reader.read_settings reads them back).
 """
 
 from __future__ import annotations
@@ -24,25 +26,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, TokenType
+from gguf import GGMLQuantizationType, GGUFWriter, TokenType
 from tqdm.auto import tqdm
 
 from ..errors import BadArgumentError, NonFiniteError, QlabError
 from ..output import atomic_file
 from . import mixes
+from .names import SETTINGS_KEY, WRITER_KEY, gguf_name, gguf_rows_from_hf
+from .reader import read_metadata
+from .types import TYPES
 
 T = GGMLQuantizationType
-WRITER_KEY = "general.quantized_by"  # GGUF's own key for who quantized a file: "qlab" marks qlab's outputs
-
-_BLOCK_NAMES = {
-    "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-}
-_TOP_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-              "lm_head.weight": "output.weight"}
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 # sha256 of str(tokenizer.encode(CHKTXT)) -> llama.cpp pre-tokenizer name (facts published by llama.cpp's
 # convert_hf_to_gguf_update.py; a few common byte-level BPE families)
@@ -62,35 +56,6 @@ PRE_TOKENIZERS = {
     "049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754": "deepseek-llm",
     "347715f544604f9118bb75ed199f68779f423cabb20db6de6f31b908d04d7821": "deepseek-coder",
 }
-
-
-def gguf_name(hf_name: str) -> str | None:
-    """llama.cpp's name of a Hugging Face llama tensor (None for tensors GGUF does not store, e.g. rotary buffers)."""
-    if hf_name in _TOP_NAMES:
-        return _TOP_NAMES[hf_name]
-    m = _LAYER_RE.match(hf_name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"blk.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
-    return None
-
-
-def hf_name(gguf_tensor_name: str) -> str | None:
-    """Inverse of gguf_name."""
-    for k, v in _TOP_NAMES.items():
-        if v == gguf_tensor_name:
-            return k
-    parts = gguf_tensor_name.split(".")
-    if len(parts) == 4 and parts[0] == "blk":
-        for k, v in _BLOCK_NAMES.items():
-            if v == parts[2]:
-                return f"model.layers.{parts[1]}.{k}.{parts[3]}"
-    return None
-
-
-def gguf_rows_from_hf(rows: np.ndarray, n_head: int) -> np.ndarray:
-    """Hugging Face q/k rows [head, half, i] -> llama.cpp's [head, i, half] (rotary pairs interleaved)."""
-    half = rows.shape[0] // n_head // 2
-    return rows.reshape(n_head, 2, half, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
 def _rope_theta(cfg) -> float:
@@ -127,8 +92,6 @@ def _add_hparams(w: GGUFWriter, cfg, ftype: int, name: str) -> None:
 
 def written_by_qlab(path: Path) -> bool:
     """Whether a GGUF file says qlab wrote it (the only files export_gguf replaces)."""
-    from .reader import read_metadata
-
     try:
         return read_metadata(path).get(WRITER_KEY) == "qlab"
     except QlabError:
@@ -234,18 +197,27 @@ def _add_tokenizer(w: GGUFWriter, tokenizer, vocab_size: int) -> None:
 
 def _quantize_rows(x: np.ndarray, t: GGMLQuantizationType, imatrix: np.ndarray | None) -> np.ndarray:
     """Rows of float32 -> raw GGML block bytes [rows, bytes per row] with qlab's block formats."""
-    try:
-        from . import quantize  # qlab.gguf.quantize: qlab's own byte-exact block formats
-    except ImportError:  # block formats not installed: gguf-py's legacy quantizers (no imatrix, no k-quants)
-        import gguf.quants
+    from . import quantize  # qlab.gguf.quantize: qlab's own byte-exact block formats
 
-        if imatrix is not None or t not in (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0):
-            raise
-        raw = gguf.quants.quantize(x, t)
-    else:
-        raw = np.asarray(quantize(x, t.name, imatrix=imatrix), dtype=np.uint8)
-    blk, nbytes = GGML_QUANT_SIZES[t]
-    return raw.reshape(x.shape[0], x.shape[1] // blk * nbytes)
+    raw = np.asarray(quantize(x, t.name, imatrix=imatrix), dtype=np.uint8)
+    return raw.reshape(x.shape[0], _nbytes(t, x.shape[1]))
+
+
+def _nbytes(t: GGMLQuantizationType, n: int) -> int:
+    """Bytes of n elements (whole blocks) of type t."""
+    gt = TYPES[t.name]
+    return n // gt.block_size * gt.type_size
+
+
+def settings_json(settings: dict) -> str:
+    """The JSON text export_gguf stores under SETTINGS_KEY (BadArgumentError if settings is not a JSON object)."""
+    if not isinstance(settings, dict):
+        raise BadArgumentError(f"settings must be a dict (the run's settings), got {type(settings).__name__}")
+    try:
+        return json.dumps(settings, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise BadArgumentError(f"settings must be JSON-serialisable (str, numbers, bools, None, lists, dicts with "
+                               f"string keys; no NaN/Inf): {e}") from e
 
 
 def model_tensors(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -275,13 +247,16 @@ def model_tensors(model) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 def export_gguf(model, tokenizer, out_path: str | os.PathLike, qtype: str = "Q8_0",
                 imatrix: dict[str, np.ndarray] | None = None, progress: bool = True, pure: bool = False,
-                overwrite: bool = False, protect=()) -> Path:
+                overwrite: bool = False, protect=(), settings: dict | None = None) -> Path:
     """Write model + tokenizer as a GGUF file of type qtype (F32, F16, Q8_0, Q4_0 ... or a mix like Q4_K_M).
 
     imatrix: {Hugging Face Linear name: mean x² per input channel} (collect_imatrix), used by the types that
     take importance weights. pure: every weight gets the file type's default type (llama-quantize --pure).
     The file is written to a temporary name in the same folder and renamed: never a truncated file; an existing
-    out_path is replaced only with overwrite=True and only when qlab wrote it (general.quantized_by = "qlab")."""
+    out_path is replaced only with overwrite=True and only when qlab wrote it (general.quantized_by = "qlab").
+    settings: the run's settings (method, bits, group size, calibration source ...; a JSON-serialisable dict),
+    stored as one JSON string under the metadata key "qlab.settings" (qlab.gguf.reader.read_settings reads it)."""
+    settings_text = None if settings is None else settings_json(settings)
     ftype_name = mixes.file_type(qtype)
     ftype = int(mixes.FILE_TYPES[ftype_name][0])
     out_path = Path(out_path)
@@ -295,11 +270,13 @@ def export_gguf(model, tokenizer, out_path: str | os.PathLike, qtype: str = "Q8_
     types = {g: mixes.tensor_type(ftype_name, g, a.shape, cfg.num_hidden_layers, n_gqa, tied, bool(imatrix), pure)
              for g, a in tensors.items()}
 
-    size = sum(a.size // GGML_QUANT_SIZES[types[g]][0] * GGML_QUANT_SIZES[types[g]][1] for g, a in tensors.items())
+    size = sum(_nbytes(types[g], a.size) for g, a in tensors.items())
     with atomic_file(out_path, overwrite, size, protect, recognise=written_by_qlab) as tmp:
         w = GGUFWriter(tmp, "llama")
         _add_hparams(w, cfg, ftype, str(getattr(model, "qlab_description", None) or
                                         getattr(cfg, "_name_or_path", "") or "model")[:200])
+        if settings_text is not None:
+            w.add_string(SETTINGS_KEY, settings_text)
         _add_tokenizer(w, tokenizer, cfg.vocab_size)
         for g in tqdm(list(tensors), desc=f"GGUF {ftype_name}", disable=not progress):
             a, t = tensors.pop(g), types[g]

@@ -30,7 +30,7 @@ def bytes_per_weight(qtype: str) -> float:
         return 2.0
     if q not in K.QTYPES:
         raise BadArgumentError(f"unknown type {qtype!r}")
-    return K.QTYPES[q][2] / K.QTYPES[q][1]
+    return K.QTYPES[q].type_size / K.QTYPES[q].block_size
 
 
 def gemv_intensity(qtype: str) -> float:
