@@ -1,8 +1,14 @@
 """qlab's own output folder: the dequantized float model (any HF loader reads it), the tokenizer, every
-Linear's `QuantizedTensor` (quantized.safetensors) and what was done (qlab.json)."""
+Linear's `QuantizedTensor` (quantized.safetensors) and what was done (qlab.json).
+
+qlab.json holds the run's settings under "settings" (`run_settings`: method, the quantizer's full
+configuration, calibration text / samples / length / seed, skipped layers, model, qlab version); every exporter
+(`qlab export`: GPTQ, AWQ, GGUF) carries that dict into the file it writes (`read_settings`).
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -15,6 +21,47 @@ from .output import atomic_folder
 from .qtensor import QuantizedTensor
 
 _FIELDS = ("codes", "scales", "zeros", "g_idx")
+SETTINGS_KEY = "settings"
+_NOT_SETTINGS = ("progress",)  # constructor arguments that do not change the result
+
+
+def _plain(value):
+    """value as JSON has it: dtypes as their name ("bfloat16"), tuples as lists, anything else unknown as str."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def quantizer_config(quantizer) -> dict:
+    """Everything a block quantizer was built with, JSON-ready: its own `config` (a property or a method), then
+    each other constructor argument it keeps as an attribute of the same name (`progress` left out)."""
+    config = getattr(quantizer, "config", None)
+    config = dict((config() if callable(config) else config) or {})
+    for name in inspect.signature(type(quantizer).__init__).parameters:
+        if name not in config and name != "self" and name not in _NOT_SETTINGS and hasattr(quantizer, name):
+            config[name] = getattr(quantizer, name)
+    return _plain(config)
+
+
+def run_settings(quantizer, *, method: str, model: str, model_source: str | None = None,
+                 calibration: dict | None = None, skip=(), **extra) -> dict:
+    """The settings of one quantization run, as qlab.json records them and every exporter carries them:
+    method, bits, group_size, symmetric (the quantizer's), its full configuration under "quantizer", the
+    calibration ({dataset, nsamples, seqlen, seed}; None without calibration), the skipped Linear names, the
+    model name and what kind of source it is, and the qlab version. `extra` adds entries."""
+    from . import __version__
+
+    config = quantizer_config(quantizer)
+    return _plain({"method": method, "bits": config.get("bits"), "group_size": config.get("group_size"),
+                   "symmetric": config.get("symmetric"), "quantizer": config, "calibration": calibration,
+                   "skip": list(skip), "model": model, "model_source": model_source, "qlab_version": __version__,
+                   **extra})
 
 
 def _flatten(qtensors: dict[str, QuantizedTensor]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -63,6 +110,16 @@ def read_meta(folder) -> dict:
     if not isinstance(meta, dict):
         raise FileFormatError(f"{path} is not a JSON object: write the folder again with `qlab quantize`")
     return meta
+
+
+def read_settings(folder) -> dict | None:
+    """The run settings a qlab quantized folder records (`run_settings`), or None for a folder written before
+    qlab recorded them."""
+    settings = read_meta(folder).get(SETTINGS_KEY)
+    if settings is not None and not isinstance(settings, dict):
+        raise FileFormatError(f"{Path(folder) / 'qlab.json'}: its {SETTINGS_KEY!r} is not a JSON object: write the "
+                              f"folder again with `qlab quantize`")
+    return settings
 
 
 def load_quantized(folder) -> tuple:

@@ -69,37 +69,79 @@ def _fraction(value: str) -> float:
     return x
 
 
+QUANTIZERS = {"rtn": ("qlab.rtn", "RTNQuantizer"), "gptq": ("qlab.gptq", "GPTQQuantizer"),
+              "awq": ("qlab.awq", "AWQQuantizer")}
+
+
+def quantizer_class(method: str):
+    """The block quantizer class of a --method (imported on demand: `qlab --help` stays fast)."""
+    import importlib
+
+    module, name = QUANTIZERS[method]
+    return getattr(importlib.import_module(module), name)
+
+
+# --flag (argparse dest) → (methods whose quantizer takes it, its constructor argument, CLI value → argument).
+# Every one defaults to None: unless given, the quantizer class's own default applies — the classes are the one
+# source of defaults (their __init__ signatures).
+_QUANT_FLAGS = {
+    "bits": (("rtn", "gptq", "awq"), "bits", None),
+    "group_size": (("rtn", "gptq", "awq"), "group_size", None),
+    "sym": (("rtn", "gptq", "awq"), "symmetric", None),
+    "damp": (("gptq",), "damp", None),
+    "block_size": (("gptq",), "block_size", None),
+    "act_order": (("gptq",), "act_order", None),
+    "static_groups": (("gptq",), "static_groups", None),
+    "true_sequential": (("gptq",), "true_sequential", None),
+    "forward_dtype": (("gptq",), "forward_dtype", None),
+    "alpha_grid": (("awq",), "alpha_grid", None),
+    "clip": (("awq",), "clip", None),
+    "then": (("awq",), "then", None),
+    "objective": (("awq",), "objective", None),
+    "duo_scaling": (("awq",), "duo_scaling", None),
+    "shared_clip": (("awq",), "clip_independent", lambda shared: not shared),
+}
+
+
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=("rtn", "gptq", "awq"), default="rtn")
-    p.add_argument("--bits", type=_bits, default=4, help="2 to 8")
-    p.add_argument("--group-size", type=_group, default=64, help="int dividing the rows, 'channel' or 'tensor'")
-    p.add_argument("--sym", action="store_true", help="symmetric grid (default: asymmetric, integer zero-point)")
+    on_off = argparse.BooleanOptionalAction
+    p.add_argument("--method", choices=tuple(QUANTIZERS), default="rtn")
+    p.add_argument("--bits", type=_bits, default=None, help="2 to 8 (default: the method's, 4)")
+    p.add_argument("--group-size", type=_group, default=None,
+                   help="int dividing the rows, 'channel' or 'tensor' (default: the method's quantizer class's)")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--sym", dest="sym", action="store_const", const=True, default=None,
+                      help="symmetric grid (no zero-point stored)")
+    grid.add_argument("--asym", dest="sym", action="store_const", const=False,
+                      help="asymmetric grid, integer zero-point (default: the method's quantizer class's)")
     p.add_argument("--skip", nargs="*", default=[], help="Linear names (or suffixes) to keep in float")
     _add_calibration_args(p, 128)
     p.add_argument("--no-output-errors", action="store_true",
                    help="skip measuring each Linear's output error against the float block (one forward pass per "
                         "block less; the table then shows weight errors only)")
-    g = p.add_argument_group("GPTQ")
-    g.add_argument("--damp", type=_fraction, default=0.01, help="dampening, fraction of mean diag(H)")
-    g.add_argument("--block-size", type=_int_at_least(1, "block size"), default=128, help="lazy-batch width B")
-    g.add_argument("--act-order", action="store_true", help="quantize columns by descending diag(H)")
-    g.add_argument("--static-groups", action="store_true", help="group grids fixed before the sweep")
-    g.add_argument("--true-sequential", action="store_true",
+    g = p.add_argument_group("GPTQ (defaults: qlab.gptq.GPTQQuantizer's)")
+    g.add_argument("--damp", type=_fraction, default=None, help="dampening, fraction of mean diag(H)")
+    g.add_argument("--block-size", type=_int_at_least(1, "block size"), default=None, help="lazy-batch width B")
+    g.add_argument("--act-order", action=on_off, default=None, help="quantize columns by descending diag(H)")
+    g.add_argument("--static-groups", action=on_off, default=None, help="group grids fixed before the sweep")
+    g.add_argument("--true-sequential", action=on_off, default=None,
                    help="each sub-layer's inputs taken after the ones before it were quantized (done in one forward "
                         "per block when all calibration tokens fit in memory at once: the fastest GPTQ mode)")
-    g.add_argument("--forward-dtype", choices=("float32", "bfloat16"), default="float32",
+    g.add_argument("--forward-dtype", choices=("float32", "bfloat16"), default=None,
                    help="dtype of the calibration forward passes (bfloat16: autocast, faster on CPUs with bf16 "
                         "matrix units; Hessians and the sweep stay float32)")
-    a = p.add_argument_group("AWQ")
-    a.add_argument("--alpha-grid", type=_int_at_least(2, "alpha grid points"), default=20,
+    a = p.add_argument_group("AWQ (defaults: qlab.awq.AWQQuantizer's)")
+    a.add_argument("--alpha-grid", type=_int_at_least(2, "alpha grid points"), default=None,
                    help="points of the α grid in [0, 1]")
-    a.add_argument("--no-clip", action="store_true", help="skip the clipping search")
-    a.add_argument("--then", choices=("rtn", "gptq"), default="rtn", help="quantizer applied after AWQ scaling")
-    a.add_argument("--objective", choices=("linear", "module"), default="linear",
+    a.add_argument("--clip", action=on_off, default=None, help="the clipping search (--no-clip: skip it)")
+    a.add_argument("--then", choices=("rtn", "gptq"), default=None, help="quantizer applied after AWQ scaling")
+    a.add_argument("--objective", choices=("linear", "module"), default=None,
                    help="scale search error on the Linears' outputs, or on the attention / MLP output they feed")
-    a.add_argument("--duo-scaling", action="store_true", help="s = mean|x|^α / mean|w|^(1−α) instead of mean|x|^α")
-    a.add_argument("--shared-clip", action="store_true",
-                   help="one shrink factor for both ends of each group's range (default: min and max searched apart)")
+    a.add_argument("--duo-scaling", action=on_off, default=None,
+                   help="s = mean|x|^α / mean|w|^(1−α) instead of mean|x|^α")
+    a.add_argument("--shared-clip", action=on_off, default=None,
+                   help="one shrink factor for both ends of each group's range (--no-shared-clip: min and max "
+                        "searched apart)")
 
 
 def _add_calibration_args(p: argparse.ArgumentParser, nsamples: int, seed: bool = True) -> None:
@@ -110,34 +152,44 @@ def _add_calibration_args(p: argparse.ArgumentParser, nsamples: int, seed: bool 
         p.add_argument("--seed", type=_int_at_least(0, "seed"), default=0)
 
 
+def quantizer_arguments(args) -> dict:
+    """The constructor arguments the command line gives the method's quantizer: only the flags given (the
+    class's defaults fill the rest). A flag of another method raises BadArgumentError."""
+    kwargs = {}
+    for dest, (methods, name, convert) in _QUANT_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if args.method not in methods:
+            flag = "--" + dest.replace("_", "-")
+            raise BadArgumentError(f"{flag} only applies to --method {' / '.join(methods)}; --method {args.method} "
+                                   f"does not use it: drop it, or choose --method {methods[0]}")
+        kwargs[name] = convert(value) if convert else value
+    return kwargs
+
+
 def make_quantizer(args):
-    """The block quantizer the arguments ask for."""
+    """The block quantizer the arguments ask for (the quantizer class's defaults where a flag is not given)."""
+    return quantizer_class(args.method)(**quantizer_arguments(args))
+
+
+def _calibration(args) -> dict | None:
+    """The calibration the run uses: {dataset, nsamples, seqlen, seed}; None for RTN (no calibration)."""
     if args.method == "rtn":
-        from .rtn import RTNQuantizer
-
-        return RTNQuantizer(args.bits, args.group_size, args.sym)
-    if args.method == "gptq":
-        from .gptq import GPTQQuantizer
-
-        return GPTQQuantizer(bits=args.bits, group_size=args.group_size, symmetric=args.sym, damp=args.damp,
-                             block_size=args.block_size, act_order=args.act_order, static_groups=args.static_groups,
-                             true_sequential=args.true_sequential, forward_dtype=args.forward_dtype)
-    from .awq import AWQQuantizer
-
-    return AWQQuantizer(bits=args.bits, group_size=args.group_size, symmetric=args.sym, alpha_grid=args.alpha_grid,
-                        clip=not args.no_clip, then=args.then, objective=args.objective,
-                        duo_scaling=args.duo_scaling, clip_independent=not args.shared_clip)
+        return None
+    return {"dataset": args.dataset or "wiki", "nsamples": args.nsamples, "seqlen": args.seqlen,
+            "seed": getattr(args, "seed", 0)}
 
 
-def _quantize(model, tokenizer, args, progress=True):
+def _quantize(model, tokenizer, args, quantizer=None, progress=True):
     from .data import calibration_batches
     from .pipeline import quantize_model
 
-    calib = None
-    if args.method != "rtn":
-        calib = calibration_batches(tokenizer, args.dataset or "wiki", args.nsamples, args.seqlen, args.seed)
-    return quantize_model(model, calib, make_quantizer(args), skip=args.skip, progress=progress,
-                          output_errors=not getattr(args, "no_output_errors", False))
+    calib = _calibration(args)
+    ids = None if calib is None else calibration_batches(tokenizer, calib["dataset"], calib["nsamples"],
+                                                          calib["seqlen"], calib["seed"])
+    return quantize_model(model, ids, quantizer if quantizer is not None else make_quantizer(args), skip=args.skip,
+                          progress=progress, output_errors=not getattr(args, "no_output_errors", False))
 
 
 def _check_inputs(args, unused_text: str | None = None) -> None:
@@ -161,27 +213,33 @@ def _check_out(args, kind: str, size_bytes: int = 0):
 
 
 def cmd_quantize(args) -> dict:
-    from .checkpoint import save_quantized
-    from .model import describe, load_model
+    from .checkpoint import run_settings, save_quantized
+    from .model import describe, load_model, model_source
     from .walk import linear_layers
 
     _check_inputs(args, "--dataset is calibration text, and RTN uses none: drop --dataset, or choose --method gptq "
                         "/ awq" if args.method == "rtn" else None)
+    quantizer = make_quantizer(args)  # before any model loads: a flag of another method fails here
     if args.out:
         _check_out(args, "folder")
     model, tokenizer = load_model(args.model)
     if args.out:  # the float model, one byte per quantized weight (codes), its scales: known once it is loaded
         floats = sum(p.numel() * p.element_size() for p in model.parameters())
         _check_out(args, "folder", floats + sum(m.weight.numel() for m in linear_layers(model).values()))
-    result = _quantize(model, tokenizer, args)
+    result = _quantize(model, tokenizer, args, quantizer)
     print(result.table())
-    meta = {"base_model": args.model or "smollm2-135m", "method": result.method, "bits": args.bits,
-            "group_size": args.group_size, "symmetric": args.sym, "calibration": args.dataset or "wiki",
-            "description": f"{describe(model)} — quantized with {result.method}"}
+    base = args.model or "smollm2-135m"
+    settings = run_settings(quantizer, method=args.method, model=base, model_source=model_source(args.model),
+                            calibration=_calibration(args), skip=args.skip)
+    meta = {"base_model": base, "method": result.method, "bits": settings["bits"],
+            "group_size": settings["group_size"], "symmetric": settings["symmetric"],
+            "calibration": settings["calibration"]["dataset"] if settings["calibration"] else None,
+            "description": f"{describe(model)} — quantized with {result.method}", "settings": settings}
     out = save_quantized(model, tokenizer, result.qtensors, args.out, meta, args.overwrite,
                          protect=[args.model]) if args.out else None
     summary = {"method": result.method, "bits_per_weight": round(result.bits_per_weight(), 4),
-               "seconds": round(result.seconds, 2), "layers": len(result.layers), "out": str(out) if out else None}
+               "seconds": round(result.seconds, 2), "layers": len(result.layers), "out": str(out) if out else None,
+               "settings": settings}
     print(f"{result.method}: {summary['layers']} Linears, {summary['bits_per_weight']} bits/weight, "
           f"{summary['seconds']} s" + (f", written to {out}" if out else ""))
     return summary
@@ -223,9 +281,10 @@ def cmd_eval(args) -> dict:
 
 
 def parse_setting(text: str) -> argparse.Namespace:
-    """'method:bits:group[:sym|asym]', e.g. 'rtn:4:64:sym', 'gptq:3:channel'."""
+    """'method:bits:group[:sym|asym]', e.g. 'rtn:4:64:sym', 'gptq:3:channel' (without sym/asym: the method's
+    default grid)."""
     parts = text.split(":")
-    if len(parts) not in (3, 4) or parts[0] not in ("rtn", "gptq", "awq") or parts[3:] not in ([], ["sym"], ["asym"]):
+    if len(parts) not in (3, 4) or parts[0] not in QUANTIZERS or parts[3:] not in ([], ["sym"], ["asym"]):
         raise BadArgumentError(f"setting {text!r} is not method:bits:group[:sym|asym] with method rtn, gptq or awq "
                                f"(e.g. rtn:4:64:sym)")
     ns = build_parser().parse_args(["quantize"])
@@ -233,7 +292,7 @@ def parse_setting(text: str) -> argparse.Namespace:
         ns.method, ns.bits, ns.group_size = parts[0], _bits(parts[1]), _group(parts[2])
     except argparse.ArgumentTypeError as e:
         raise BadArgumentError(f"setting {text!r}: {e}") from None
-    ns.sym = parts[3:] == ["sym"]
+    ns.sym = None if not parts[3:] else parts[3] == "sym"
     return ns
 
 
@@ -298,6 +357,15 @@ def cmd_info(args) -> dict:
     return out
 
 
+def _folder_settings(model) -> dict | None:
+    """The run settings recorded in a folder written by `qlab quantize` (None for any other model)."""
+    if model is None or not (Path(model) / "qlab.json").is_file():
+        return None
+    from .checkpoint import read_settings
+
+    return read_settings(model)
+
+
 def cmd_export(args) -> dict:
     from .model import load_model
 
@@ -318,7 +386,7 @@ def cmd_export(args) -> dict:
             imatrix = collect_imatrix(model, calibration_batches(tokenizer, args.dataset or "wiki", args.nsamples,
                                                                   args.seqlen, args.seed))
         path = export_gguf(model, tokenizer, args.out, args.type, imatrix=imatrix, overwrite=args.overwrite,
-                           protect=[args.model])
+                           protect=[args.model], settings=_folder_settings(args.model))
     else:
         from .checkpoint import check_quantized_folder, load_quantized
 
@@ -329,12 +397,13 @@ def cmd_export(args) -> dict:
             raise BadArgumentError(f"--dataset / --imatrix only apply to --format gguf; drop them for {args.format}")
         check_quantized_folder(args.model)
         _check_out(args, "folder")
-        model, tokenizer, qtensors, _ = load_quantized(args.model)
+        model, tokenizer, qtensors, meta = load_quantized(args.model)
         if args.format == "gptq":
             from .export_gptq import save_gptq_checkpoint as save
         else:
             from .export_awq import save_awq_checkpoint as save
-        path = save(model, tokenizer, qtensors, args.out, overwrite=args.overwrite, protect=[args.model])
+        path = save(model, tokenizer, qtensors, args.out, overwrite=args.overwrite, protect=[args.model],
+                    settings=meta.get("settings"))
     size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if Path(path).is_dir() \
         else Path(path).stat().st_size
     print(f"wrote {path} ({size / 2**20:.1f} MiB)")

@@ -82,13 +82,20 @@ def dequantize_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Te
 
 
 def save_awq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_dir,
-                        dtype: torch.dtype = torch.float16, overwrite: bool = False, protect=()) -> Path:
+                        dtype: torch.dtype = torch.float16, overwrite: bool = False, protect=(),
+                        settings: dict | None = None) -> Path:
     """Write a Hugging Face folder in the AutoAWQ GEMM layout: config.json with quantization_config
-    {quant_method: awq, version: gemm, bits: 4, group_size, zero_point: true}, model.safetensors holding each
-    quantized Linear's qweight/qzeros/scales and every other parameter (norms, embeddings) in `dtype`, and the
-    tokenizer. The folder is written to a temporary name and renamed (qlab.output's rules for an existing
-    out_dir: overwrite / protect)."""
+    {quant_method: awq, version: gemm, bits: 4, group_size, zero_point: true, modules_to_not_convert},
+    model.safetensors holding each quantized Linear's qweight/qzeros/scales and every other parameter (norms,
+    embeddings, the Linears left in float) in `dtype`, and the tokenizer. modules_to_not_convert names the decoder
+    Linears left in float (the run's skipped layers; None when there are none).
+    settings: the run's settings (qlab.json's, `qlab.checkpoint.run_settings`), checked against the tensors and
+    written whole under quantization_config["meta"]["qlab"]. The folder is written to a temporary name and renamed
+    (qlab.output's rules for an existing out_dir: overwrite / protect)."""
     from safetensors.torch import save_file
+
+    from . import __version__
+    from .export_gptq import check_settings
 
     check_output(out_dir, "folder", overwrite, protect=protect)
     if not qtensors:
@@ -97,6 +104,11 @@ def save_awq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], 
     if len(sizes) != 1:
         raise BadArgumentError(f"AWQ checkpoints have one group size for all layers; these layers use {sorted(sizes)}")
     group_size = sizes.pop()
+    grids = {qt.symmetric for qt in qtensors.values()}
+    check_settings(settings, 4, int(group_size), grids.pop() if len(grids) == 1 else None, "AWQ checkpoint")
+    head = {id(m) for m in (model.get_output_embeddings(),) if m is not None}
+    in_float = sorted(n for n, m in model.named_modules()
+                      if isinstance(m, torch.nn.Linear) and n not in qtensors and id(m) not in head)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
@@ -113,9 +125,11 @@ def save_awq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], 
         config = model.config.to_dict()
         config["torch_dtype"] = str(dtype).removeprefix("torch.")
         config["dtype"] = config["torch_dtype"]
-        config["quantization_config"] = {"quant_method": "awq", "version": "gemm", "bits": 4,
-                                         "group_size": int(group_size), "zero_point": True,
-                                         "modules_to_not_convert": None}
+        qc = {"quant_method": "awq", "version": "gemm", "bits": 4, "group_size": int(group_size), "zero_point": True,
+              "modules_to_not_convert": in_float or None}
+        if settings:
+            qc["meta"] = {"quantizer": [f"qlab:{__version__}"], "qlab": settings}
+        config["quantization_config"] = qc
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:

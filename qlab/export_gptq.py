@@ -89,27 +89,63 @@ def unpack_gptq(tensors: dict[str, torch.Tensor], bits: int, group_size: int | N
     )
 
 
+_GPTQ_RUN_FIELDS = (("damp", "damp_percent"), ("true_sequential", "true_sequential"),
+                    ("static_groups", "static_groups"))
+
+
+def check_settings(settings: dict | None, bits: int, group_size: int | None, sym: bool, what: str) -> None:
+    """BadArgumentError when recorded run settings contradict the tensors they are exported with."""
+    if not settings:
+        return
+    checks = [("bits", settings.get("bits"), bits), ("symmetric", settings.get("symmetric"), sym)]
+    if isinstance(settings.get("group_size"), int):  # 'channel' / None: one group per row, whatever its length
+        checks.append(("group size", settings["group_size"], group_size))
+    for name, recorded, actual in checks:
+        if recorded is not None and recorded != actual:
+            raise BadArgumentError(f"the run settings say {name} {recorded} but the tensors have {actual}: "
+                                   f"a {what} written with them would describe another run")
+
+
 def quantization_config(bits: int, group_size: int | None, sym: bool, desc_act: bool, fmt: str = "gptq",
-                        **meta) -> dict:
-    """The `quantization_config` entry of config.json (transformers.GPTQConfig field names)."""
+                        settings: dict | None = None, **meta) -> dict:
+    """The `quantization_config` entry of config.json (transformers.GPTQConfig field names).
+
+    GPTQ's run fields — damp_percent, true_sequential, static_groups, and desc_act where act-order ran — come
+    from `settings`, the run's settings as qlab.json records them (qlab.checkpoint.run_settings), when the run
+    used GPTQ; keyword arguments damp / true_sequential / static_groups / act_order give them otherwise. A field
+    neither gives (a checkpoint of RTN or AWQ codes) is left out rather than invented. The whole `settings` dict
+    is kept under meta["qlab"]; other keyword arguments go to meta as they are."""
+    from . import __version__
+
+    run = {}
+    if settings and settings.get("method") == "gptq":
+        run = dict(settings.get("quantizer") or {})
+    for key in ("damp", "true_sequential", "static_groups", "act_order"):
+        if key in meta:
+            run[key] = meta.pop(key)
+    fields = {name: run[key] for key, name in _GPTQ_RUN_FIELDS if key in run}
     return {"quant_method": "gptq", "bits": bits, "group_size": -1 if group_size is None else group_size,
-            "desc_act": desc_act, "sym": sym, "checkpoint_format": fmt, "pack_dtype": "int32",
-            "damp_percent": meta.pop("damp", 0.01), "true_sequential": meta.pop("true_sequential", False),
-            "static_groups": meta.pop("static_groups", False), "meta": {"quantizer": ["qlab"], **meta}}
+            "desc_act": bool(desc_act or run.get("act_order", False)), "sym": sym, "checkpoint_format": fmt,
+            "pack_dtype": "int32", **fields,
+            "meta": {"quantizer": [f"qlab:{__version__}"], **({"qlab": settings} if settings else {}), **meta}}
 
 
 def save_gptq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], out_dir: str | os.PathLike,
-                         dtype: torch.dtype = torch.float16, overwrite: bool = False, protect=(), **meta) -> Path:
+                         dtype: torch.dtype = torch.float16, overwrite: bool = False, protect=(),
+                         settings: dict | None = None, **meta) -> Path:
     """Write a GPTQ checkpoint folder (config.json with quantization_config, model.safetensors, tokenizer).
 
     qtensors: QuantizedTensor of each quantized Linear by full module name (as `quantize_model` returns).
     The other parameters (embeddings, norms, lm_head) are stored in `dtype` (fp16, as GPTQ kernels expect).
+    settings: the run's settings (qlab.json's, `qlab.checkpoint.run_settings`): quantization_config's run fields
+    are written from them and the whole dict kept under its meta["qlab"] (see `quantization_config`).
     overwrite / protect: qlab.output's rules for an existing out_dir."""
     from safetensors.torch import save_file
 
     check_output(out_dir, "folder", overwrite, protect=protect)
 
     bits, group_size, sym, desc_act = _common(qtensors)
+    check_settings(settings, bits, group_size, sym, "GPTQ checkpoint")
     v2 = not sym and any(bool((qt.zeros == 0).any()) for qt in qtensors.values())
     fmt = "gptq_v2" if v2 else "gptq"
     modules = dict(model.named_modules())
@@ -131,7 +167,7 @@ def save_gptq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor],
         for key, t in pack_gptq(qt, v2).items():
             out[f"{name}.{key}"] = t
     cfg = model.config.to_dict()
-    cfg["quantization_config"] = quantization_config(bits, group_size, sym, desc_act, fmt, **meta)
+    cfg["quantization_config"] = quantization_config(bits, group_size, sym, desc_act, fmt, settings, **meta)
     cfg["torch_dtype"] = cfg["dtype"] = str(dtype).replace("torch.", "")
 
     target = Path(out_dir)
@@ -146,23 +182,33 @@ def save_gptq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor],
 
 def read_gptq_tensors(folder: str | os.PathLike) -> tuple[dict[str, QuantizedTensor], dict, dict[str, torch.Tensor]]:
     """(QuantizedTensor by Linear name, quantization_config, the other tensors) of a GPTQ checkpoint folder."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
     cfg_path, weights = folder / "config.json", folder / WEIGHTS
     if not cfg_path.is_file() or not weights.is_file():
         raise FileFormatError(f"{folder} is not a GPTQ checkpoint folder (needs config.json and {WEIGHTS})")
-    qc = json.loads(cfg_path.read_text()).get("quantization_config")
-    if not qc or qc.get("quant_method") != "gptq":
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except (OSError, ValueError) as e:
+        raise FileFormatError(f"{cfg_path} cannot be read as JSON ({e})") from e
+    qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    if not isinstance(qc, dict) or qc.get("quant_method") != "gptq":
         raise FileFormatError(f"{cfg_path} has no GPTQ quantization_config")
-    tensors = load_file(str(weights))
-    names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
-    v2 = qc.get("checkpoint_format", "gptq") == "gptq_v2"
-    gs = None if qc["group_size"] == -1 else qc["group_size"]
-    qts = {}
-    for n in names:
-        parts = {k: tensors.pop(f"{n}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")}
-        qts[n] = unpack_gptq(parts, qc["bits"], gs, qc["sym"], v2)
+    try:
+        tensors = load_file(str(weights))
+        names = sorted({k[: -len(".qweight")] for k in tensors if k.endswith(".qweight")})
+        v2 = qc.get("checkpoint_format", "gptq") == "gptq_v2"
+        gs = None if qc["group_size"] == -1 else qc["group_size"]
+        qts = {}
+        for n in names:
+            parts = {k: tensors.pop(f"{n}.{k}") for k in ("qweight", "qzeros", "scales", "g_idx")}
+            qts[n] = unpack_gptq(parts, qc["bits"], gs, qc["sym"], v2)
+    except FileFormatError:
+        raise
+    except (KeyError, TypeError, ValueError, OSError, RuntimeError, SafetensorError) as e:
+        raise FileFormatError(f"{folder} is a damaged GPTQ checkpoint ({e.__class__.__name__}: {e})") from e
     return qts, qc, tensors
 
 

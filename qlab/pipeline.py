@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -70,7 +70,9 @@ def _finish(result: BlockResult, block: nn.Module, inputs: BlockInputs | None, p
 def quantize_block(quantizer: BlockQuantizer, block: nn.Module, inputs: BlockInputs | None, prefix: str, skip=()
                    ) -> tuple[BlockResult, BlockInputs | None]:
     """One block through `quantizer`, in place: its BlockResult and the next block's inputs (the quantized block
-    run on `inputs`; None without calibration inputs)."""
+    run on `inputs` in the quantizer's forward dtype; None without calibration inputs)."""
+    if inputs is not None:
+        inputs = replace(inputs, compute_dtype=quantizer.forward_dtype)
     result = quantizer.quantize_block(block, inputs, prefix, skip)
     outputs = _finish(result, block, inputs, prefix, skip)
     if outputs is None and inputs is not None:

@@ -15,6 +15,7 @@ Packed bit layouts (int32 words for checkpoints and kernels) live in `qlab.packi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -72,16 +73,80 @@ class QuantizedTensor:
         return torch.equal(self.g_idx.to(torch.int32), torch.arange(K, dtype=torch.int32) // self.group_size)
 
     def storage_bits(self) -> int:
-        """Exact bits needed to store codes, scales and zero-points (g_idx excluded: it is derivable
-        unless act-order scattered the columns, in which case it is counted as int32 per column)."""
-        N, K = self.shape
-        n_params = {"tensor": 1, "channel": N, "group": N * self.n_groups}[self.granularity]
-        zero_bits = 0 if self.symmetric else (self.bits if self.zero_bits is None else self.zero_bits)
-        total = N * K * self.bits + n_params * (self.scale_bits + zero_bits)
-        if not self.has_default_g_idx():
-            total += 32 * K
-        return total
+        """Bits needed to store codes, scales and zero-points, b bits per code without padding to words (g_idx
+        excluded: it is derivable unless act-order scattered the columns, in which case it is counted as int32
+        per column). Counted by `storage_breakdown(self, padded=False)`, qlab's one accountant."""
+        return storage_breakdown(self, padded=False).total_bits
 
     def bits_per_weight(self) -> float:
         N, K = self.shape
         return self.storage_bits() / (N * K)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# qlab's one accountant of storage: `storage_breakdown` counts each stored buffer — the codes (and integer zeros)
+# as `qlab.packing.pack_rows` packs them into int32 words (padded to whole words by default, as a checkpoint
+# stores them; `padded=False` gives the information content without that padding), scales and float zeros at
+# their storage width (fp16), and g_idx as int32 per input column when act-order scattered the columns
+# (otherwise it is derivable and costs nothing).
+
+
+@dataclass
+class Storage:
+    weights: int  # N·K
+    code_bits: int
+    scale_bits: int
+    zero_bits: int
+    gidx_bits: int
+
+    @property
+    def total_bits(self) -> int:
+        return self.code_bits + self.scale_bits + self.zero_bits + self.gidx_bits
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.total_bits / self.weights
+
+    @property
+    def overhead_per_weight(self) -> float:
+        """Bits per weight spent on scales, zeros and g_idx (everything but the codes)."""
+        return (self.total_bits - self.code_bits) / self.weights
+
+
+WORD_BITS = 32  # qlab.packing packs codes into int32 words
+
+
+def _packed_bits(count: int, bits: int, padded: bool = True) -> int:
+    """Bits of `count` b-bit integers packed with `pack_rows` (padded to whole words: it packs groups of
+    32/gcd(32, b) values into b/gcd(32, b) words), or count·b unpadded."""
+    if not padded:
+        return count * bits
+    per_word = WORD_BITS // math.gcd(WORD_BITS, bits)  # values that fill whole words
+    return -(-count // per_word) * per_word * bits
+
+
+def storage_breakdown(qt: QuantizedTensor, padded: bool = True) -> Storage:
+    """Bits of the buffers storing qt: packed codes, fp16 scales, zeros (packed b-bit if integer, else fp16 or
+    `qt.zero_bits` each), g_idx (int32 per column, only when act-order scattered the columns).
+
+    padded: integer buffers rounded up to whole int32 words as `pack_rows` stores them (the default: what a
+    checkpoint holds); False: their exact information content, b bits per value (`QuantizedTensor.storage_bits`)."""
+    N, K = qt.shape
+    n_params = {"tensor": 1, "channel": N, "group": N * qt.n_groups}.get(qt.granularity)
+    if n_params is None:
+        raise BadArgumentError(f"granularity must be 'tensor', 'channel' or 'group', got {qt.granularity!r}")
+    code_bits = _packed_bits(N * K, qt.bits, padded)
+    scale_bits = n_params * qt.scale_bits
+    if qt.symmetric:
+        zero_bits = 0
+    elif qt.zero_bits is None or qt.zero_bits == qt.bits:
+        if padded:  # packing needs integer codes of the zero-points
+            zeros = qt.zeros[:1, :1] if qt.granularity == "tensor" else qt.zeros
+            if not torch.equal(zeros, zeros.round()) or int(zeros.min()) < 0 or int(zeros.max()) >= 2**qt.bits:
+                raise BadArgumentError(f"zero-points are not integers in [0, {2**qt.bits - 1}]: store them as float")
+        zero_bits = _packed_bits(n_params, qt.bits, padded)
+    else:
+        zero_bits = n_params * qt.zero_bits
+    gidx_bits = 0 if qt.has_default_g_idx() else WORD_BITS * K
+    return Storage(weights=N * K, code_bits=code_bits, scale_bits=scale_bits, zero_bits=zero_bits,
+                   gidx_bits=gidx_bits)

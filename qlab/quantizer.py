@@ -6,7 +6,7 @@ quantizer — then runs the block to make the next block's inputs; a quantizer t
 pass (GPTQ's single pass) returns `PassHooks` for it instead of running a pass of its own.
 
 To add a method: write a class with the four members of `BlockQuantizer` (qlab/rtn.py is the smallest example),
-then give the CLI a `--method` for it (qlab/cli.py, `_quantizer`).
+then give the CLI a `--method` for it (qlab/cli.py: `QUANTIZERS`, and its flags in `_QUANT_FLAGS`).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ class RTNQuantizer:
     """Round-to-nearest affine quantization of each Linear (no calibration data needed)."""
 
     bits: int = 4
-    group_size: int | str | None = 128
+    group_size: int | str | None = 64  # the toolkit's default group (benchmarks/results/defaults.json)
     symmetric: bool = False
     zero_point: str = "integer"
     forward_dtype = None  # RTN runs no calibration forward of its own

@@ -190,7 +190,8 @@ def _inputs(n, T, d=32):
 def test_block_quantizer_in_place_and_shared_hessians(true_sequential):
     block = _Block()
     originals = {n: m.weight.detach().clone() for n, m in block.named_children()}
-    q = GPTQQuantizer(bits=3, group_size=16, true_sequential=true_sequential, progress=False)
+    q = GPTQQuantizer(bits=3, group_size=16, symmetric=True, act_order=False, true_sequential=true_sequential,
+                      progress=False)  # the settings of the gptq_quantize_layer oracle below
     out = quantize_block(q, block, _inputs(4, 64), "blk")[0].qtensors
     assert set(out) == {"blk.a", "blk.b", "blk.c"}
     for n, qt in out.items():
