@@ -8,7 +8,6 @@ configuration, calibration text / samples / length / seed, skipped layers, model
 
 from __future__ import annotations
 
-import inspect
 import json
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from .qtensor import QuantizedTensor
 
 _FIELDS = ("codes", "scales", "zeros", "g_idx")
 SETTINGS_KEY = "settings"
-_NOT_SETTINGS = ("progress",)  # constructor arguments that do not change the result
 
 
 def _plain(value):
@@ -39,14 +37,9 @@ def _plain(value):
 
 
 def quantizer_config(quantizer) -> dict:
-    """Everything a block quantizer was built with, JSON-ready: its own `config` (a property or a method), then
-    each other constructor argument it keeps as an attribute of the same name (`progress` left out)."""
-    config = getattr(quantizer, "config", None)
-    config = dict((config() if callable(config) else config) or {})
-    for name in inspect.signature(type(quantizer).__init__).parameters:
-        if name not in config and name != "self" and name not in _NOT_SETTINGS and hasattr(quantizer, name):
-            config[name] = getattr(quantizer, name)
-    return _plain(config)
+    """Every setting a block quantizer's result depends on (its `config`, the qlab.quantizer contract),
+    JSON-ready."""
+    return _plain(quantizer.config)
 
 
 def run_settings(quantizer, *, method: str, model: str, model_source: str | None = None,

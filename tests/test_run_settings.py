@@ -88,14 +88,16 @@ def test_qlab_json_records_every_setting(folder, gptq_run, awq_run):
     q = recorded["quantizer"]
     assert {k: q[k] for k in ("alpha_grid", "clip", "duo_scaling", "objective", "then")} == {
         "alpha_grid": 5, "clip": False, "duo_scaling": True, "objective": "module", "then": "rtn"}
-    # every constructor argument of the quantizer is there (progress aside), not only those its config lists
+    # every constructor argument that can change the result is in the quantizer's config (the contract): all but
+    # progress (a bar), min_tokens (a refusal threshold) and max_pass_bytes (one pass or one pass per group: the
+    # same codes, tests/test_gptq.py::test_true_sequential_single_pass_equals_group_by_group_passes)
     from qlab.awq import AWQQuantizer
     from qlab.gptq import GPTQQuantizer
 
     for cls, settings in ((GPTQQuantizer, gptq_run[1]), (AWQQuantizer, awq_run[1])):
         import inspect
 
-        wanted = set(inspect.signature(cls.__init__).parameters) - {"self", "progress"}
+        wanted = set(inspect.signature(cls.__init__).parameters) - {"self", "progress", "min_tokens", "max_pass_bytes"}
         assert wanted <= set(settings["quantizer"]), wanted - set(settings["quantizer"])
 
 

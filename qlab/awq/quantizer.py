@@ -172,7 +172,8 @@ class AWQQuantizer:
                 "alpha_grid": self.alpha_grid if isinstance(self.alpha_grid, int) else list(self.alpha_grid),
                 "clip": self.clip, "then": self.then, "duo_scaling": self.duo_scaling, "objective": self.objective,
                 "probe_tokens": self.probe_tokens, "clip_independent": self.clip_independent,
-                "clip_skip": list(self.clip_skip)}
+                "clip_skip": list(self.clip_skip), "clip_grid": self.clip_grid, "max_shrink": self.max_shrink,
+                "damp": self.damp, "holdout": self.holdout}
 
     def describe(self) -> str:
         kind = "sym" if self.symmetric else "asym"
