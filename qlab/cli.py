@@ -328,6 +328,17 @@ def cmd_compare(args) -> dict:
     return {"rows": rows, "tokens": len(tokens), "ctx": args.ctx}
 
 
+def cmd_claims(args) -> dict:
+    from . import claims
+
+    known = (*claims.VERDICTS, "missing")
+    if args.verdict is not None and args.verdict not in known:
+        raise BadArgumentError(f"--verdict must be one of {', '.join(known)}; got {args.verdict!r}")
+    rows = [r for r in claims.ledger() if args.verdict in (None, r.verdict)]
+    print(claims.table(rows))
+    return {"claims": [r.__dict__ for r in rows]}
+
+
 def cmd_info(args) -> dict:
     from .data import eval_tokens
     from .eval import perplexity, protocol
@@ -450,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None, help="calibration text for GPTQ/AWQ (default: wiki)")
     _add_calibration_args(p, 32, seed=False)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("claims", help="the article's claims, each with the verdict its notebook printed")
+    p.add_argument("--verdict", default=None, help="only the claims with this verdict (true, false, partly, ...)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("export", help="write a GGUF file, or a GPTQ/AWQ checkpoint from a qlab folder")
     common(p, "calibration text for --imatrix (default: wiki calibration split)")

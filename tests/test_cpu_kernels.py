@@ -325,6 +325,10 @@ def test_roofline_probes_run():
     assert all(v > 0 for v in peaks.values())
     s = R.gemv_speed("Q4_0", 256, 64, reps=2)
     assert s["us"] > 0 and s["GBps"] > 0
+    assert R.bytes_per_weight("F16") == 2 and R.gemv_intensity("F16") == 1.0
+    for q in ("F32", "F16", "BF16"):  # torch's linear in that dtype; GB/s counts that dtype's bytes
+        s = R.gemv_speed(q, 256, 64, reps=2)
+        assert s["us"] > 0 and s["GBps"] == pytest.approx(256 * 64 * R.bytes_per_weight(q) / s["us"] / 1e3)
 
 
 def test_without_a_compiler_the_torch_path_runs_and_warns_once(tmp_path):

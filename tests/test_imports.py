@@ -188,3 +188,12 @@ def test_gguf_formats_do_not_depend_on_the_kernels():
     wrong = {m: [t for t in edges if t.startswith("qlab.kernels")] for m, edges in graph.items()
              if m.startswith("qlab.gguf")}
     assert not {m: t for m, t in wrong.items() if t}, wrong
+
+
+def test_pyproject_lists_every_package():
+    """A non-editable install ships only the packages pyproject lists: every folder of the package tree that holds
+    an __init__.py must be listed (a new subpackage forgotten there imports here and fails for users)."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {name for name, f in package_files().items() if f.name == "__init__.py"}
+    assert found == listed, f"not listed: {sorted(found - listed)}; listed but missing: {sorted(listed - found)}"

@@ -79,19 +79,22 @@ def compute_peaks(rounds: int = 2_000_000, reps: int = 5) -> dict[str, float]:
 
 
 def gemv_speed(qtype: str, k: int, n: int, n_threads: int = 1, reps: int = 20, seed: int = 0) -> dict[str, float]:
-    """Best time of one GEMV y = W x (W [n, k] in qtype, or F32 through torch) -> us, GB/s, G ops/s."""
+    """Best time of one GEMV y = W x (W [n, k] in qtype through qlab's C kernels; F32, F16 and BF16 through torch's
+    `linear` in that dtype, activations too) -> us, GB/s, G ops/s."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, k)).astype(np.float32)
-    if qtype.upper() in ("F32", "FP32"):
-        W = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32))
-        xt = torch.from_numpy(x)
+    float_dtypes = {"F32": torch.float32, "FP32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    if qtype.upper() in float_dtypes:
+        dtype = float_dtypes[qtype.upper()]
+        W = torch.from_numpy(rng.standard_normal((n, k)).astype(np.float32)).to(dtype)
+        xt = torch.from_numpy(x).to(dtype)
         prev = torch.get_num_threads()
         torch.set_num_threads(n_threads)
         try:
             t = _best(lambda: torch.nn.functional.linear(xt, W), reps)
         finally:
             torch.set_num_threads(prev)
-        nbytes = W.numel() * 4
+        nbytes = W.numel() * W.element_size()
     else:
         base = K.quantize_weights(rng.standard_normal((64, k)).astype(np.float32), qtype)
         Wq = np.ascontiguousarray(np.tile(base, (n // 64 + 1, 1))[:n])
