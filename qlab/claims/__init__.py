@@ -60,7 +60,7 @@ def ledger(folder: Path | None = None) -> list[LedgerRow]:
     it yet; "missing" when its notebook printed no verdict line — a defect the tests catch)."""
     printed = notebook_verdicts(folder)
     rows = []
-    for c in registry().values():
+    for c in sorted(registry().values(), key=lambda c: c.notebook or "~"):  # by notebook; not yet measured last
         if not c.notebook:
             word = "not yet measured"
         else:
@@ -72,10 +72,11 @@ def ledger(folder: Path | None = None) -> list[LedgerRow]:
 def table(rows: list[LedgerRow] | None = None, width: int = 70) -> str:
     """The ledger as a text table (one line per claim), with a count per verdict."""
     rows = ledger() if rows is None else rows
-    lines = [f"{'claim':24s} {'verdict':20s} {'notebook':28s} words"]
+    lines = [f"{'claim':24s} {'verdict':20s} {'notebook':28s} {'source':11s} words"]
     for r in rows:
         words = r.words if len(r.words) <= width else r.words[: width - 1] + "…"
-        lines.append(f"{r.id:24s} {r.verdict:20s} {r.notebook:28s} \"{words}\"")
-    counts = {v: sum(r.verdict == v for r in rows) for v in (*VERDICTS, "missing")}
-    lines.append(f"{len(rows)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
+        lines.append(f"{r.id:24s} {r.verdict:20s} {r.notebook:28s} {r.source:11s} \"{words}\"")
+    for who, subset in (("", rows), (" of the article", [r for r in rows if r.source == "article"])):
+        counts = {v: sum(r.verdict == v for r in subset) for v in (*VERDICTS, "missing")}
+        lines.append(f"{len(subset)} claims{who}: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n))
     return "\n".join(lines)

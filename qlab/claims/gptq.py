@@ -120,7 +120,7 @@ def _a100_hours(a100_minutes: tuple[float, float], cpu_hours: tuple[float, float
 
 register(
     Claim("gptq-obs-toy", words="OBS order (round w1, let w2 compensate, round w2) beats rounding both (RTN)",
-          notebook=NB, source="qlab", judge=_obs_toy,
+          notebook=NB, source="kit", judge=_obs_toy,
           rule="true iff the OBS order's loss ½δᵀHδ is below RTN's on the toy"),
     Claim("gptq-beats-rtn", words="GPTQ reconstructs the layer output better than RTN", notebook=NB,
           source="GPTQ paper", judge=_beats_rtn,
@@ -129,7 +129,7 @@ register(
           notebook=NB, source="GPTQ paper", judge=_act_order,
           rule="true if act-order lowers GPTQ's output error in every setting, partly in some, false in none"),
     Claim("gptq-blocked-exact", words="blocked GPTQ (Cholesky + lazy batches) equals the naive OBS sweep",
-          notebook=NB, source="qlab", judge=_blocked_exact,
+          notebook=NB, source="kit", judge=_blocked_exact,
           rule="true iff the codes are identical and the dequantized weights agree to 1e-5 in float64"),
     Claim("gptq-gpu-calibration", words="GPTQ is GPU-only", notebook=NB, judge=_gpu_calibration,
           rule="reading 1 (calibration): '-only' fails if a GPTQ calibration completes with every tensor on a CPU"),
