@@ -13,6 +13,7 @@ root, a folder holding any of them, or a model being read (or a folder holding i
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -242,8 +243,11 @@ def check_result_path(path: str | os.PathLike) -> Path:
 
 
 def write_result(path: str | os.PathLike, result: dict, writer: str) -> Path:
-    """Write a benchmark's result as JSON stamped {"written_by": "qlab <writer>"} (atomic; replaces only an
-    earlier qlab result, so a user's file named by --out survives)."""
+    """Write a benchmark's result as JSON stamped {"written_by": "qlab <writer>", "written_at": UTC time} (atomic;
+    replaces only an earlier qlab result, so a user's file named by --out survives). A notebook that prints a saved
+    result labels it with both."""
+    stamp = {"written_by": f"qlab {writer}",
+             "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     with atomic_file(path, overwrite=True, recognise=is_qlab_result) as tmp:
-        tmp.write_text(json.dumps({"written_by": f"qlab {writer}", **result}, indent=1))
+        tmp.write_text(json.dumps({**stamp, **result}, indent=1))
     return Path(path)

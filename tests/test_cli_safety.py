@@ -255,3 +255,29 @@ def test_binary_and_damaged_inputs_get_messages(tmp_path):
         model.model_source(unfinished)
     assert model.model_source("HuggingFaceTB/SmolLM2-135M") == "hub"
     assert model.model_source(None) == "embedded"
+
+
+def test_benchmark_results_are_stamped_and_never_replace_a_users_file(tmp_path):
+    """write_result: JSON stamped with the writer and the UTC time (notebooks label saved results with both); it
+    replaces an earlier qlab result but refuses a file qlab did not write."""
+    import datetime
+
+    from qlab.output import check_result_path, is_qlab_result, write_result
+
+    target = tmp_path / "bench.json"
+    before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    write_result(target, {"rows": [1, 2]}, "benchmarks/x.py")
+    data = json.loads(target.read_text())
+    when = datetime.datetime.fromisoformat(data["written_at"])
+    assert data["written_by"] == "qlab benchmarks/x.py" and data["rows"] == [1, 2]
+    assert when.tzinfo is not None and before <= when <= datetime.datetime.now(datetime.timezone.utc)
+    assert is_qlab_result(target)
+    write_result(target, {"rows": [3]}, "benchmarks/x.py")  # an earlier qlab result is replaced
+    assert json.loads(target.read_text())["rows"] == [3]
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "numbers"}')
+    with pytest.raises(OutputPathError):
+        check_result_path(mine)
+    with pytest.raises(OutputPathError):
+        write_result(mine, {"rows": []}, "benchmarks/x.py")
+    assert json.loads(mine.read_text()) == {"my": "numbers"}
