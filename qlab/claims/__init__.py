@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import awq, basics, gguf, gptq, kernels, later  # noqa: F401  (each registers its claims)
-from .core import VERDICTS, Claim, Verdict, get, judge, registry, saved_result, show, verdict
+from .core import REPO, VERDICTS, Claim, Verdict, get, judge, registry, saved_result, show, verdict
 
 __all__ = ["VERDICTS", "Claim", "LedgerRow", "Verdict", "get", "judge", "ledger", "notebook_verdicts", "registry",
            "saved_result", "show", "table", "verdict"]
@@ -26,7 +26,7 @@ _VERDICT_LINE = re.compile(r"^verdict \[([\w.+-]+)\]: (.*)$", re.M)
 
 
 def notebooks_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "notebooks"
+    return REPO / "notebooks"
 
 
 def notebook_verdicts(folder: Path | None = None) -> dict[str, tuple[str, str]]:

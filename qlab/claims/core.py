@@ -106,9 +106,12 @@ def verdict(claim_id: str, word: str, measured: str, why: str) -> Verdict:
 # ----------------------------------------------------------------------------------------------------------
 # saved benchmark results (claims whose measurement takes longer than a notebook may run)
 
+REPO = Path(__file__).resolve().parents[2]  # the checkout: notebooks/ and benchmarks/results/ sit there
+
+
 def results_dir() -> Path:
     """benchmarks/results of this checkout (the committed long measurements)."""
-    return Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+    return REPO / "benchmarks" / "results"
 
 
 def saved_result(name: str) -> dict:

@@ -88,13 +88,27 @@ def _q4_k_m_speed(bits_km: float, bits_q4_0: float):
         f"mostly Q5_0, so even a timing would say little about Q4_K_M on a 7B model)")
 
 
+INTEGER_ACTIVATION_TYPES = ("Q8_0", "Q8_1", "Q8_K")  # ggml's integer block formats for activations
+
+
+def integer_dot_products(activation_types) -> bool:
+    """Whether every given dot product rounds its activations to an integer block format (none given: no evidence)."""
+    acts = list(activation_types)
+    return bool(acts) and all(a in INTEGER_ACTIVATION_TYPES for a in acts)
+
+
+def blas_integer_word(integer: bool, via_blas: bool) -> str:
+    """The verdict on the two parts of "integer matmul via BLAS": true if both hold, partly if one, false if none."""
+    return ("false", "partly", "true")[integer + via_blas]
+
+
 def _blas_integer(vec_dot: Mapping[str, str], blas_libraries: Sequence[str], blas_backend: bool):
     """vec_dot: weight type -> activation type of ggml's CPU dot product; blas_libraries: BLAS libraries linked into
     llama.cpp; blas_backend: ggml's BLAS backend present."""
     quantized = {w: a for w, a in vec_dot.items() if w not in ("F32", "F16", "BF16")}
-    integer = bool(quantized) and all(a.startswith("Q8") for a in quantized.values())
+    integer = integer_dot_products(quantized.values())
     # ggml's BLAS backend, where built, gets float matrices (weights dequantized): BLAS never does the integer part
-    word = "partly" if integer else "false"
+    word = blas_integer_word(integer, via_blas=False)
     blas = (f"BLAS libraries linked: {', '.join(blas_libraries) or 'none'}; ggml BLAS backend present: "
             f"{blas_backend}")
     return verdict(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from statistics import median
 
 from .core import Claim, register, verdict
+from .gguf import blas_integer_word, integer_dot_products
 
 # ----------------------------------------------------------------------------------------------------------
 # 06 · "2–4× inference speed-up" from 4-bit weights (GPU)
@@ -115,11 +116,8 @@ def _shines(float_tps: float, gguf_tps: dict, protocol: str = "", file: str = "b
 # ----------------------------------------------------------------------------------------------------------
 # 07 · "GGUF leverages integer matrix multiplication via BLAS libraries"
 
-INTEGER_ACTIVATION_TYPES = ("Q8_0", "Q8_1", "Q8_K")  # ggml's integer block formats for activations
-
-
 def _blas(vec_dot_types: dict, dot_in_ggml: bool, blas_libraries: list) -> object:
-    integer = all(t in INTEGER_ACTIVATION_TYPES for t in vec_dot_types.values())
+    integer = integer_dot_products(vec_dot_types.values())
     via_blas = not dot_in_ggml
     acts = sorted(set(vec_dot_types.values()))
     measured = (f"llama.cpp's CPU library: activations of the {len(vec_dot_types)} quantized weight types "
@@ -130,9 +128,7 @@ def _blas(vec_dot_types: dict, dot_in_ggml: bool, blas_libraries: list) -> objec
              f"{' (int8 activations × integer weight codes, SIMD dot products)' if integer else ''}; "
              f"via BLAS: {'true' if via_blas else 'false'}"
              f"{'' if via_blas else ' (ggml own code; a BLAS backend, where built, only gets float matrices)'}")
-    word = {(True, False): "partly", (True, True): "true", (False, False): "false", (False, True): "partly"}[
-        (integer, via_blas)]
-    return verdict("ggml-blas-cpu", word, measured, parts)
+    return verdict("ggml-blas-cpu", blas_integer_word(integer, via_blas), measured, parts)
 
 
 register(
