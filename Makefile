@@ -2,12 +2,14 @@
 # `make lab` waits only for the base set-up (torch, qlab and its extras, the embedded model, the C kernels).
 # llama.cpp's library is the oracle of the GGUF cross-checks: a ~8 min source build on two cores (`make oracle`),
 # which `make test` runs first and notebook 05's llama.cpp cells need. pip caches the wheel after one build.
+# `make oracle` also puts torchao (the MX / NVFP4 reference) in its own folder, out of the environment.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.qlab-setup
 ORACLE := $(VENV)/.qlab-oracle
 ORACLE_LOG := $(VENV)/llama-cpp-build.log
+TORCHAO := $(VENV)/oracles/torchao
 LLAMA_CMAKE_ARGS := -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF -DGGML_METAL=OFF
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
@@ -36,6 +38,9 @@ $(ORACLE): $(STAMP)
 	    echo "  llama.cpp build: $$(( $$(date +%s) - start )) s, step $${step:-(configuring)}"; done; \
 	  wait $$pid || { tail -30 $(ORACLE_LOG); echo "llama-cpp-python failed to build: see $(ORACLE_LOG)"; exit 1; }; \
 	  echo "llama.cpp's library is installed ($$(( $$(date +%s) - start )) s)"; }
+	@# torchao (MX / NVFP4 reference of tests/test_blockfloat.py) lives outside site-packages: installed there,
+	@# transformers imports it on every model load and it prints CUDA-library warnings into every notebook
+	@test -d $(TORCHAO)/torchao || $(PIP) install --no-deps --target $(TORCHAO) torchao==0.18.0
 	touch $(ORACLE)
 
 # Debian's chromium for the JupyterLab browser test (tests/test_lab_browser.py); best effort: root with apt-get

@@ -1,7 +1,8 @@
 """The `qlab` command: info, quantize, eval, compare, export — thin fronts over the library.
 
-Without --model the embedded SmolLM2-135M (dithered reference) is used; without --dataset the wiki splits
-(calibration split for quantize, evaluation split for eval). With --json the last line printed is one JSON object.
+Without --model the embedded SmolLM2-135M (dithered reference) is used; without --dataset the default texts of
+qlab.data (DEFAULT_CALIBRATION for quantize, DEFAULT_EVALUATION's evaluation split for eval). With --json the
+last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from .data import DEFAULT_CALIBRATION, DEFAULT_EVALUATION
 from .errors import BadArgumentError, QlabError
 
 
@@ -58,15 +60,17 @@ def _group(value: str):
     return n
 
 
-def _fraction(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"damping must be a number, not {value!r}") from None
-    if not 0 <= x <= 1:
-        raise argparse.ArgumentTypeError(f"damping is a fraction of mean diag(H): give a number in [0, 1], not "
-                                         f"{value}")
-    return x
+def _fraction(what: str):
+    """An argparse type for a number in [0, 1]; `what` says what it is in the error message."""
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be a number, not {value!r}") from None
+        if not 0 <= x <= 1:
+            raise argparse.ArgumentTypeError(f"{what}: give a number in [0, 1], not {value}")
+        return x
+    return parse
 
 
 QUANTIZERS = {"rtn": ("qlab.rtn", "RTNQuantizer"), "gptq": ("qlab.gptq", "GPTQQuantizer"),
@@ -89,6 +93,7 @@ _QUANT_FLAGS = {
     "group_size": (("rtn", "gptq", "awq"), "group_size", None),
     "sym": (("rtn", "gptq", "awq"), "symmetric", None),
     "damp": (("gptq",), "damp", None),
+    "shrink": (("gptq",), "shrink", None),
     "block_size": (("gptq",), "block_size", None),
     "act_order": (("gptq",), "act_order", None),
     "static_groups": (("gptq",), "static_groups", None),
@@ -103,9 +108,17 @@ _QUANT_FLAGS = {
 }
 
 
+# the --format names (qlab.float_formats.FORMATS, checked there; listed here so that `qlab --help` imports no torch)
+FORMAT_HELP = ("weight format: int (the default: affine integer grids, --bits / --group-size / --sym), or a float "
+               "format rounded to nearest (--method rtn): mxfp4, nvfp4, nf4, nf4-dq (NF4 with double "
+               "quantization), mxfp6_e3m2, mxfp6_e2m3, mxfp8_e4m3, mxfp8_e5m2, mxint8, fp8-e4m3, fp8-e5m2 "
+               "(per-channel FP8)")
+
+
 def _add_quant_args(p: argparse.ArgumentParser) -> None:
     on_off = argparse.BooleanOptionalAction
     p.add_argument("--method", choices=tuple(QUANTIZERS), default="rtn")
+    p.add_argument("--format", default="int", help=FORMAT_HELP)
     p.add_argument("--bits", type=_bits, default=None, help="2 to 8 (default: the method's, 4)")
     p.add_argument("--group-size", type=_group, default=None,
                    help="int dividing the rows, 'channel' or 'tensor' (default: the method's quantizer class's)")
@@ -120,7 +133,10 @@ def _add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="skip measuring each Linear's output error against the float block (one forward pass per "
                         "block less; the table then shows weight errors only)")
     g = p.add_argument_group("GPTQ (defaults: qlab.gptq.GPTQQuantizer's)")
-    g.add_argument("--damp", type=_fraction, default=None, help="dampening, fraction of mean diag(H)")
+    g.add_argument("--damp", type=_fraction("damping (a fraction of mean diag(H))"), default=None,
+                   help="dampening, fraction of mean diag(H)")
+    g.add_argument("--shrink", type=_fraction("shrink (the weight of diag(H))"), default=None,
+                   help="shrink the Hessian toward its diagonal: (1 − γ)·H + γ·diag(H), γ in [0, 1]")
     g.add_argument("--block-size", type=_int_at_least(1, "block size"), default=None, help="lazy-batch width B")
     g.add_argument("--act-order", action=on_off, default=None, help="quantize columns by descending diag(H)")
     g.add_argument("--static-groups", action=on_off, default=None, help="group grids fixed before the sweep")
@@ -168,16 +184,51 @@ def quantizer_arguments(args) -> dict:
     return kwargs
 
 
+def weight_format(args) -> str:
+    """The --format of the arguments, checked: "int" (affine integer grids) or a name of
+    qlab.float_formats.FORMATS (BadArgumentError for an unknown one, listing the known)."""
+    fmt = str(getattr(args, "format", None) or "int")
+    if fmt.lower() == "int":
+        return "int"
+    from .float_formats import check_format
+
+    return check_format(fmt)
+
+
 def make_quantizer(args):
-    """The block quantizer the arguments ask for (the quantizer class's defaults where a flag is not given)."""
+    """The block quantizer the arguments ask for (the quantizer class's defaults where a flag is not given); with
+    a float --format, qlab.float_formats.FloatFormatQuantizer (round-to-nearest onto that format)."""
+    fmt = weight_format(args)
+    if fmt != "int":
+        from .float_formats import FloatFormatQuantizer
+
+        if args.method != "rtn":
+            raise BadArgumentError(f"--format {fmt} rounds each weight to nearest on the format's grid: use --method "
+                                   f"rtn (--method {args.method} produces affine integer grids: --format int)")
+        given = [flag for dest, flag in (("bits", "--bits"), ("group_size", "--group-size"), ("sym", "--sym/--asym"))
+                 if getattr(args, dest, None) is not None]
+        if given:
+            raise BadArgumentError(f"{' and '.join(given)} shape(s) the affine integer grid and does not apply to "
+                                   f"--format {fmt}, whose element width and block size are fixed: drop "
+                                   f"{'them' if len(given) > 1 else 'it'}, or use --format int")
+        return FloatFormatQuantizer(fmt)
     return quantizer_class(args.method)(**quantizer_arguments(args))
+
+
+def _quantized_shapes(model, skip) -> dict[str, tuple[int, ...]]:
+    """The weight shape of every Linear the walk quantizes, by full name."""
+    from .walk import block_prefix, decoder_blocks, layers_to_quantize
+
+    prefix = block_prefix(model)
+    return {n: tuple(m.weight.shape) for i, b in enumerate(decoder_blocks(model))
+            for n, m in layers_to_quantize(b, f"{prefix}.{i}", skip).items()}
 
 
 def _calibration(args) -> dict | None:
     """The calibration the run uses: {dataset, nsamples, seqlen, seed}; None for RTN (no calibration)."""
     if args.method == "rtn":
         return None
-    return {"dataset": args.dataset or "wiki", "nsamples": args.nsamples, "seqlen": args.seqlen,
+    return {"dataset": args.dataset or DEFAULT_CALIBRATION, "nsamples": args.nsamples, "seqlen": args.seqlen,
             "seed": getattr(args, "seed", 0)}
 
 
@@ -213,7 +264,7 @@ def _check_out(args, kind: str, size_bytes: int = 0):
 
 
 def cmd_quantize(args) -> dict:
-    from .checkpoint import run_settings, save_quantized
+    from .checkpoint import run_settings, save_block_quantized, save_quantized
     from .model import describe, load_model, model_source
     from .walk import linear_layers
 
@@ -222,7 +273,12 @@ def cmd_quantize(args) -> dict:
     quantizer = make_quantizer(args)  # before any model loads: a flag of another method fails here
     if args.out:
         _check_out(args, "folder")
+    fmt = weight_format(args)
     model, tokenizer = load_model(args.model)
+    if fmt != "int":  # every row must split into the format's blocks: checked before any work
+        from .float_formats import check_rows
+
+        check_rows(_quantized_shapes(model, args.skip), fmt)
     if args.out:  # the float model, one byte per quantized weight (codes), its scales: known once it is loaded
         floats = sum(p.numel() * p.element_size() for p in model.parameters())
         _check_out(args, "folder", floats + sum(m.weight.numel() for m in linear_layers(model).values()))
@@ -230,14 +286,18 @@ def cmd_quantize(args) -> dict:
     print(result.table())
     base = args.model or "smollm2-135m"
     settings = run_settings(quantizer, method=args.method, model=base, model_source=model_source(args.model),
-                            calibration=_calibration(args), skip=args.skip)
+                            calibration=_calibration(args), skip=args.skip, format=fmt)
     meta = {"base_model": base, "method": result.method, "bits": settings["bits"],
             "group_size": settings["group_size"], "symmetric": settings["symmetric"],
             "calibration": settings["calibration"]["dataset"] if settings["calibration"] else None,
             "description": f"{describe(model)} — quantized with {result.method}", "settings": settings}
-    out = save_quantized(model, tokenizer, result.qtensors, args.out, meta, args.overwrite,
-                         protect=[args.model]) if args.out else None
-    summary = {"method": result.method, "bits_per_weight": round(result.bits_per_weight(), 4),
+    out = None
+    if args.out and fmt != "int":  # packed block-float bytes, dequantized when the folder is loaded
+        out = save_block_quantized(model, tokenizer, result.block_tensors, args.out, meta, args.overwrite,
+                                   protect=[args.model])
+    elif args.out:
+        out = save_quantized(model, tokenizer, result.qtensors, args.out, meta, args.overwrite, protect=[args.model])
+    summary = {"method": result.method, "format": fmt, "bits_per_weight": round(result.bits_per_weight(), 4),
                "seconds": round(result.seconds, 2), "layers": len(result.layers), "out": str(out) if out else None,
                "settings": settings}
     print(f"{result.method}: {summary['layers']} Linears, {summary['bits_per_weight']} bits/weight, "
@@ -248,7 +308,7 @@ def cmd_quantize(args) -> dict:
 def _eval_tokens(tokenizer, args):
     from .data import eval_tokens
 
-    return eval_tokens(tokenizer, args.dataset or "wiki", args.tokens or None)
+    return eval_tokens(tokenizer, args.dataset or DEFAULT_EVALUATION, args.tokens or None)
 
 
 def cmd_eval(args) -> dict:
@@ -282,11 +342,21 @@ def cmd_eval(args) -> dict:
 
 def parse_setting(text: str) -> argparse.Namespace:
     """'method:bits:group[:sym|asym]', e.g. 'rtn:4:64:sym', 'gptq:3:channel' (without sym/asym: the method's
-    default grid)."""
+    default grid), or 'rtn:FORMAT' for a float weight format, e.g. 'rtn:mxfp4', 'rtn:nf4' (qlab.float_formats)."""
     parts = text.split(":")
+    if len(parts) == 2:
+        if parts[0] != "rtn" or parts[1].lower() == "int":
+            raise BadArgumentError(f"setting {text!r}: a float format is given as rtn:FORMAT (e.g. rtn:mxfp4); an "
+                                   f"integer grid as method:bits:group[:sym|asym] (e.g. {parts[0]}:4:64)")
+        ns = build_parser().parse_args(["quantize"])
+        try:
+            ns.format = weight_format(argparse.Namespace(format=parts[1]))
+        except BadArgumentError as e:
+            raise BadArgumentError(f"setting {text!r}: {e}") from None
+        return ns
     if len(parts) not in (3, 4) or parts[0] not in QUANTIZERS or parts[3:] not in ([], ["sym"], ["asym"]):
         raise BadArgumentError(f"setting {text!r} is not method:bits:group[:sym|asym] with method rtn, gptq or awq "
-                               f"(e.g. rtn:4:64:sym)")
+                               f"(e.g. rtn:4:64:sym), nor rtn:FORMAT (e.g. rtn:mxfp4, rtn:nf4)")
     ns = build_parser().parse_args(["quantize"])
     try:
         ns.method, ns.bits, ns.group_size = parts[0], _bits(parts[1]), _group(parts[2])
@@ -308,15 +378,16 @@ def cmd_compare(args) -> dict:
     model, tokenizer = load_model(args.model)
     tokens = _eval_tokens(tokenizer, args)
     evaluator = Evaluator(model, tokens, args.ctx)
-    rows = [{"setting": "float32", "bits_per_weight": 32.0, "perplexity": evaluator.reference.perplexity,
-             "kl": 0.0, "top1": 1.0, "seconds": 0.0, "size_mb": None}]
+    rows = [{"setting": "float32", "format": "float32", "bits_per_weight": 32.0,
+             "perplexity": evaluator.reference.perplexity, "kl": 0.0, "top1": 1.0, "seconds": 0.0, "size_mb": None}]
     for text, s in zip(args.settings, settings):
         s.dataset, s.nsamples, s.seqlen = args.calibration, args.nsamples, args.seqlen
         q = copy.deepcopy(model)
         result = _quantize(q, tokenizer, s, progress=False)
         r = evaluator.evaluate(q)
-        size = sum(qt.storage_bits() for qt in result.qtensors.values()) / 8 / 2**20
-        rows.append({"setting": text, "bits_per_weight": result.bits_per_weight(), "perplexity": r.perplexity,
+        size = result.storage_bits() / 8 / 2**20
+        rows.append({"setting": text, "format": s.format, "bits_per_weight": result.bits_per_weight(),
+                     "perplexity": r.perplexity,
                      "kl": r.kl, "top1": r.top1, "seconds": result.seconds, "size_mb": size})
         del q
     print(f"protocol: {protocol(args.ctx, len(tokens))}; sizes count the quantized Linears only")
@@ -360,11 +431,11 @@ def cmd_info(args) -> dict:
         out["perplexity"] = {}
         for name in names:
             m, tok = load_model(name)
-            tokens = eval_tokens(tok, args.dataset or "wiki", args.tokens)
+            tokens = eval_tokens(tok, args.dataset or DEFAULT_EVALUATION, args.tokens)
             r = perplexity(m, tokens, args.ctx, progress=False)
             out["perplexity"][name] = r.perplexity
             print(f"  perplexity of {name}: {r.perplexity:.3f} ({protocol(args.ctx, len(tokens))}, "
-                  f"{args.dataset or 'wiki'} evaluation split)")
+                  f"{args.dataset or DEFAULT_EVALUATION} evaluation split)")
     return out
 
 
@@ -394,8 +465,9 @@ def cmd_export(args) -> dict:
             from .data import calibration_batches
             from .gguf.imatrix import collect_imatrix
 
-            imatrix = collect_imatrix(model, calibration_batches(tokenizer, args.dataset or "wiki", args.nsamples,
-                                                                  args.seqlen, args.seed))
+            ids = calibration_batches(tokenizer, args.dataset or DEFAULT_CALIBRATION, args.nsamples, args.seqlen,
+                                      args.seed)
+            imatrix = collect_imatrix(model, ids)
         path = export_gguf(model, tokenizer, args.out, args.type, imatrix=imatrix, overwrite=args.overwrite,
                            protect=[args.model], settings=_folder_settings(args.model))
     else:
@@ -436,29 +508,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluation tokens (0: the whole split)")
 
     p = sub.add_parser("info", help="describe a model (and its perplexity)")
-    common(p, "evaluation text (default: wiki evaluation split)")
+    common(p, f"evaluation text (default: {DEFAULT_EVALUATION} evaluation split)")
     evaluation(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("quantize", help="quantize a model and write it to --out")
-    common(p, "calibration text: wiki, news, code, wikitext2 or a file (default: wiki calibration split)")
+    common(p, f"calibration text: wiki, news, code, wikitext2, a file, or several joined by '+' (default: "
+              f"{DEFAULT_CALIBRATION} calibration split)")
     _add_quant_args(p)
     p.add_argument("--out", default=None, help="output folder (a new path, or an earlier qlab output with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is an earlier qlab output")
     p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("eval", help="perplexity (and KL against --reference)")
-    common(p, "evaluation text: wiki, news, code, wikitext2 or a file (default: wiki evaluation split)")
+    common(p, f"evaluation text: wiki, news, code, wikitext2, a file, or several joined by '+' (default: "
+              f"{DEFAULT_EVALUATION} evaluation split)")
     evaluation(p)
     p.add_argument("--reference", default=None, help="reference model for KL / top-1 (default: a qlab folder's base)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("compare", help="a table of quantization settings: size, bits/weight, ppl, KL, top-1")
-    common(p, "evaluation text (default: wiki evaluation split)")
+    common(p, f"evaluation text (default: {DEFAULT_EVALUATION} evaluation split)")
     evaluation(p)
     p.add_argument("--settings", nargs="+", default=["rtn:8:64", "rtn:4:64", "rtn:4:64:sym", "rtn:3:64:sym"],
-                   help="method:bits:group[:sym|asym] ...")
-    p.add_argument("--calibration", default=None, help="calibration text for GPTQ/AWQ (default: wiki)")
+                   help="method:bits:group[:sym|asym] or rtn:FORMAT (a float format: rtn:mxfp4, rtn:nf4, ...)")
+    p.add_argument("--calibration", default=None,
+                   help=f"calibration text for GPTQ/AWQ (default: {DEFAULT_CALIBRATION})")
     _add_calibration_args(p, 32, seed=False)
     p.set_defaults(func=cmd_compare)
 
@@ -468,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_claims)
 
     p = sub.add_parser("export", help="write a GGUF file, or a GPTQ/AWQ checkpoint from a qlab folder")
-    common(p, "calibration text for --imatrix (default: wiki calibration split)")
+    common(p, f"calibration text for --imatrix (default: {DEFAULT_CALIBRATION} calibration split)")
     p.add_argument("--format", choices=("gguf", "gptq", "awq"), required=True)
     p.add_argument("--type", default="Q8_0", help="GGUF type or mix: F32, F16, Q8_0, Q4_0, ..., Q4_K_M, ...")
     p.add_argument("--imatrix", action="store_true", help="collect importance weights on calibration text")

@@ -6,6 +6,9 @@ Named sources:
     code       Python standard-library sources of the running interpreter
     wikitext2  WikiText-2 raw through `datasets` (needs the network the first time)
     any path   a UTF-8 text file of your own
+    a+b+…      several of the above mixed ("wiki+news+code", "wiki+my_notes.txt"): calibration draws the same
+               number of samples from each (the first ones take the remainder); evaluation reads their
+               evaluation splits one after another
 
 Splits: a named source is cut once, at a paragraph break near 90 % of its characters: the first part is the
 calibration split, the rest the evaluation split, so calibration never sees evaluation text (wikitext2 uses its
@@ -27,6 +30,8 @@ from .errors import BadArgumentError, FileFormatError, MissingDependencyError, T
 
 SOURCES = ("wiki", "news", "code", "wikitext2")
 EVAL_FRACTION = 0.1
+DEFAULT_EVALUATION = "wiki"  # the text qlab eval / compare score on without --dataset
+DEFAULT_CALIBRATION = "wiki"  # the text GPTQ, AWQ and the imatrix calibrate on without --dataset
 
 
 def _gensim_data() -> Path:
@@ -73,8 +78,26 @@ _CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")  # control characters other t
 MAX_CONTROL_FRACTION = 0.001  # prose and code have none; one in a thousand characters means "not text"
 
 
+def mixture(source: str) -> list[str]:
+    """The sources a text name stands for: "wiki+news+code" → ["wiki", "news", "code"]; one name or the path of
+    an existing file (even one whose name holds a "+") → [itself]."""
+    if source in SOURCES or "+" not in source or Path(source).expanduser().is_file():
+        return [source]
+    parts = source.split("+")
+    if any(not p for p in parts) or len(set(parts)) < len(parts):
+        raise BadArgumentError(f"text {source!r}: a mixture names each source once, joined by '+' "
+                               f"(e.g. 'wiki+news+code')")
+    return parts
+
+
 def check_source(source: str) -> None:
-    """Fail fast when `source` is neither a named source nor a readable text file (before any model loads)."""
+    """Fail fast when `source` is neither a named source nor a readable text file, or a mixture of them (before
+    any model loads)."""
+    parts = mixture(source)
+    if len(parts) > 1:
+        for part in parts:
+            check_source(part)
+        return
     if source in SOURCES:
         return
     p = Path(source).expanduser()
@@ -150,6 +173,9 @@ def split_text(source: str = "wiki", split: str = "calibration") -> str:
     """The calibration or evaluation split of a named source; a file is returned whole for either."""
     if split not in ("calibration", "evaluation"):
         raise BadArgumentError(f"split must be 'calibration' or 'evaluation', got {split!r}")
+    parts = mixture(source)
+    if len(parts) > 1:
+        return "\n\n".join(split_text(part, split) for part in parts)
     if source == "wikitext2":
         return _wikitext2()[0 if split == "calibration" else 1]
     text = load_text(source)
@@ -169,9 +195,21 @@ def _tokens(tokenizer, source: str, split: str) -> torch.Tensor:
 def calibration_batches(
     tokenizer, source: str = "wiki", n_samples: int = 32, seqlen: int = 512, seed: int = 0
 ) -> torch.Tensor:
-    """n_samples windows of seqlen tokens drawn at seeded random offsets from the calibration split: [n, seqlen]."""
+    """n_samples windows of seqlen tokens drawn at seeded random offsets from the calibration split: [n, seqlen].
+    A mixture "a+b+…" draws n_samples/k windows from each of its k sources (the first n_samples mod k sources one
+    more), interleaved a, b, …, a, b, … so that every prefix of the batch is balanced."""
     if n_samples < 1 or seqlen < 2:
         raise BadArgumentError(f"need n_samples ≥ 1 and seqlen ≥ 2, got {n_samples} and {seqlen}")
+    parts = mixture(source)
+    if len(parts) > 1:
+        k = len(parts)
+        if n_samples < k:
+            raise BadArgumentError(f"{n_samples} calibration samples cannot cover the {k} sources of {source!r}: "
+                                   f"give at least {k}")
+        drawn = [calibration_batches(tokenizer, part, n_samples // k + (i < n_samples % k), seqlen, seed)
+                 for i, part in enumerate(parts)]
+        order = [d[j] for j in range(len(drawn[0])) for d in drawn if j < len(d)]
+        return torch.stack(order)
     ids = _tokens(tokenizer, source, "calibration")
     if len(ids) < seqlen:
         raise TextTooShortError(

@@ -2,6 +2,8 @@
 error on the columns not yet quantized, with the layer Hessian H = 2XXᵀ/n of its calibration inputs X.
 
 The fast form (GPTQ §3, Algorithm 1):
+    0. (optional, qlab's) H ← (1 − γ)·H + γ·diag(H): shrink the correlations between inputs toward zero
+       (`shrink` = γ), keeping each input's energy — see GPTQQuantizer for why;
     1. H += λ·mean(diag H)·I (dampening λ = `damp`; retried ×10 while the Cholesky factorisation fails);
     2. U = chol(H⁻¹)ᵀ, upper — row j of U is row j of the inverse Hessian of the columns ≥ j, divided by its
        root diagonal, so one factorisation replaces every OBS update of H⁻¹ (the "Cholesky trick");
@@ -107,15 +109,32 @@ def gptq_quantize_layer(
     static_groups: bool = False,
     name: str = "layer",
     max_retries: int = 3,
+    shrink: float = 0.0,
 ) -> tuple[QuantizedTensor, dict]:
     """Quantize W [N, K] with GPTQ given its Hessian H [K, K] (2XXᵀ/n, undamped). Computes in float64 when W
-    or H is float64, else float32. Returns (QuantizedTensor, info) with info keys damp (λ used), damp_retries,
-    dead_inputs, perm (sweep order), obs_loss (Σ e²/2 of the OBS objective) and seconds."""
+    or H is float64, else float32. `shrink` γ ∈ [0, 1] replaces H by (1 − γ)·H + γ·diag(H) first (γ = 1: no
+    error compensation between columns, plain rounding on GPTQ's grid). Returns (QuantizedTensor, info) with info
+    keys damp (λ used), damp_retries, dead_inputs, perm (sweep order), obs_loss (Σ e²/2 of the OBS objective)
+    and seconds."""
     with single_thread():
-        return _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static_groups, name, max_retries)
+        return _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static_groups, name, max_retries,
+                     shrink)
 
 
-def _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static_groups, name, max_retries):
+def shrink_to_diagonal(H: torch.Tensor, shrink: float) -> torch.Tensor:
+    """(1 − γ)·H + γ·diag(H): the off-diagonal entries (correlations between inputs) scaled by 1 − γ, the
+    diagonal kept bit for bit. Still positive semi-definite: a convex combination of two such matrices."""
+    if not 0.0 <= shrink <= 1.0:
+        raise BadArgumentError(f"shrink must be in [0, 1] (0: the Hessian as measured, 1: its diagonal), got {shrink}")
+    if shrink == 0.0:
+        return H
+    out = H * (1.0 - shrink)
+    out.diagonal().copy_(H.diagonal())
+    return out
+
+
+def _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static_groups, name, max_retries,
+          shrink=0.0):
     t0 = time.perf_counter()
     check_bits(bits)
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
@@ -127,7 +146,7 @@ def _gptq(W, H, bits, group_size, symmetric, damp, block_size, act_order, static
     check_finite(W, f"weight of {name}")
     dtype = torch.float64 if torch.float64 in (W.dtype, H.dtype) else torch.float32
     W = W.detach().to(dtype).clone()
-    H = H.detach().to(dtype).clone()
+    H = shrink_to_diagonal(H.detach().to(dtype), shrink).clone()
     N, K = W.shape
     gs, granularity = resolve_group_size(group_size, K)
     if granularity == "tensor":
@@ -291,14 +310,15 @@ class GPTQQuantizer:
         self, bits: int = 4, group_size: int | str | None = 64, symmetric: bool = False, damp: float = 0.01,
         block_size: int = 128, act_order: bool = True, static_groups: bool = False,
         true_sequential: bool = True, min_tokens: int = 128, progress: bool = True,
-        forward_dtype: str | torch.dtype = "float32", max_pass_bytes: int = 4 << 30,
+        forward_dtype: str | torch.dtype = "float32", max_pass_bytes: int = 4 << 30, shrink: float = 0.0,
     ) -> None:
         check_bits(bits)
+        shrink_to_diagonal(torch.zeros(1, 1), shrink)  # checks the value before any calibration
         self.forward_dtype = forward_compute_dtype(forward_dtype)
         self.bits, self.group_size, self.symmetric, self.damp = bits, group_size, symmetric, damp
         self.block_size, self.act_order, self.static_groups = block_size, act_order, static_groups
         self.true_sequential, self.min_tokens, self.progress = true_sequential, min_tokens, progress
-        self.max_pass_bytes = max_pass_bytes
+        self.max_pass_bytes, self.shrink = max_pass_bytes, shrink
         self.layer_stats: dict[str, dict] = {}
         self.single_pass_blocks = 0  # how many blocks took that path
         self.sweep_seconds = 0.0  # time spent in the column sweeps (gptq_quantize_layer), all blocks together
@@ -306,14 +326,15 @@ class GPTQQuantizer:
     @property
     def config(self) -> dict:
         return {"method": "gptq", "bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
-                "damp": self.damp, "block_size": self.block_size, "act_order": self.act_order,
+                "damp": self.damp, "shrink": self.shrink, "block_size": self.block_size, "act_order": self.act_order,
                 "static_groups": self.static_groups, "true_sequential": self.true_sequential,
                 "forward_dtype": str(self.forward_dtype or torch.float32).removeprefix("torch.")}
 
     def describe(self) -> str:
         kind = "sym" if self.symmetric else "asym"
         g = self.group_size if isinstance(self.group_size, int) else "channel"
-        extras = [x for x, on in (("act-order", self.act_order), ("static-groups", self.static_groups),
+        extras = [x for x, on in ((f"shrink {self.shrink:g}", self.shrink), (f"damp {self.damp:g}", self.damp != 0.01),
+                                  ("act-order", self.act_order), ("static-groups", self.static_groups),
                                   ("true-sequential", self.true_sequential),
                                   ("bf16 forward", self.forward_dtype == torch.bfloat16)) if on]
         return f"GPTQ int{self.bits} {kind} g{g}" + (f" ({', '.join(extras)})" if extras else "")
@@ -396,7 +417,7 @@ class GPTQQuantizer:
         label = ", ".join(full[n] for n in names)
         qt, info = gptq_quantize_layer(
             torch.cat(Ws), H, self.bits, self.group_size, self.symmetric, self.damp, self.block_size,
-            self.act_order, self.static_groups, name=label,
+            self.act_order, self.static_groups, name=label, shrink=self.shrink,
         )
         self.sweep_seconds += info["seconds"]
         if info["damp_retries"]:

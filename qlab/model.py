@@ -182,7 +182,12 @@ def describe(model: nn.Module) -> str:
 def load_model(name: str | os.PathLike | None = None, dtype: torch.dtype = torch.float32):
     """Load (model, tokenizer). None: the embedded SmolLM2-135M dithered reference; "smollm2-135m-q4_1-exact":
     its exact dequantization; a local folder (HF format, or one written by `qlab quantize`); a .gguf file;
-    a Hugging Face id (needs the network the first time)."""
+    a Hugging Face id (needs the network the first time).
+
+    A folder written by `qlab quantize --format mxfp4 | nvfp4 | nf4 | fp8-e4m3 …` stores its Linears as packed
+    block-float bytes; they are DEQUANTIZED on load into ordinary float `nn.Linear`s (`dtype`), exactly the
+    values `BlockQuantized.dequantize()` gives (qlab.checkpoint.load_block_quantized also returns the stored
+    tensors). Computing with them in float is what fake quantization measures: accuracy, not speed or memory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -198,6 +203,10 @@ def load_model(name: str | os.PathLike | None = None, dtype: torch.dtype = torch
         return load_gguf_model(Path(name).expanduser())
     elif source == "folder":
         folder = Path(name).expanduser()
+        from .checkpoint import is_block_folder, load_block_model
+
+        if is_block_folder(folder):  # `qlab quantize --format mxfp4 …`: packed Linears, dequantized on load
+            return load_block_model(folder, dtype)
     else:
         folder = name
         _check_hub_id(name)

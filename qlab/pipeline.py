@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .blockfloat import BlockQuantized
 from .errors import BadArgumentError
 from .heap import reuse_freed_memory
 from .qtensor import QuantizedTensor
@@ -35,15 +36,30 @@ class LayerReport:
 
 @dataclass
 class QuantizationResult:
+    """The quantized Linears — affine ones in `qtensors`, block-float ones (qlab.float_formats) in
+    `block_tensors` — and the per-layer report."""
+
     qtensors: dict[str, QuantizedTensor]
     layers: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
     method: str = ""
+    block_tensors: dict[str, BlockQuantized] = field(default_factory=dict)
+
+    def storage_bits(self) -> int:
+        """Bits that store the quantized Linears, each counted from its own buffers: an affine tensor by
+        qlab.qtensor.storage_breakdown (unpadded: `QuantizedTensor.storage_bits`), a block-float one by
+        `BlockQuantized.storage_bits` (elements, block scales, per-tensor values)."""
+        return sum(q.storage_bits() for q in self.qtensors.values()) + \
+            sum(q.storage_bits() for q in self.block_tensors.values())
+
+    def weights(self) -> int:
+        """Number of weights in the quantized Linears."""
+        return sum(q.codes.numel() for q in self.qtensors.values()) + \
+            sum(q.numel for q in self.block_tensors.values())
 
     def bits_per_weight(self) -> float:
-        """Over the quantized Linears: stored bits / weights."""
-        bits = sum(q.storage_bits() for q in self.qtensors.values())
-        return bits / max(1, sum(q.codes.numel() for q in self.qtensors.values()))
+        """Over the quantized Linears: stored bits / weights (embeddings, norms and lm_head not counted)."""
+        return self.storage_bits() / max(1, self.weights())
 
     def table(self) -> str:
         lines = [f"{'layer':45s} {'shape':>12s} {'bits/w':>7s} {'weight err':>11s} {'output err':>11s}"]
@@ -60,7 +76,8 @@ def _finish(result: BlockResult, block: nn.Module, inputs: BlockInputs | None, p
     if result.during_pass is None:
         return None
     outputs = inputs.run(block, during=result.during_pass)
-    missed = [n for n in layers_to_quantize(block, prefix, skip) if n not in result.qtensors]
+    done = result.tensors()
+    missed = [n for n in layers_to_quantize(block, prefix, skip) if n not in done]
     if missed:
         raise BadArgumentError(f"{missed[0]} was not reached by the block's forward pass; skip it (--skip)")
     return outputs
@@ -115,8 +132,9 @@ def quantize_model(
         originals = {n: m.weight.detach().clone() for n, m in layers_to_quantize(block, name, skip).items()}
         done = quantizer.quantize_block(block, inputs, name, skip)
         outputs = _finish(done, block, inputs, name, skip)
-        qts = done.qtensors
-        result.qtensors.update(qts)
+        qts = done.tensors()
+        result.qtensors.update(done.qtensors)
+        result.block_tensors.update(done.block_tensors)
         originals.update(done.float_weights)
         out_err: dict[str, float] = {}
         if float_block is not None:

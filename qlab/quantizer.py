@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .blockfloat import BlockQuantized
 from .qtensor import QuantizedTensor
 from .walk import BlockInputs, PassHooks
 
@@ -25,18 +26,27 @@ from .walk import BlockInputs, PassHooks
 class BlockResult:
     """What a block quantizer did to one block.
 
-    qtensors       each quantized Linear's QuantizedTensor, by full name ("model.layers.3.mlp.down_proj"); the
-                   Linear's weight now holds its dequantized value.
-    float_weights  the float weight each QuantizedTensor approximates, by full name, where that is NOT the
+    qtensors       each quantized Linear's QuantizedTensor (an affine integer grid), by full name
+                   ("model.layers.3.mlp.down_proj"); the Linear's weight now holds its dequantized value.
+    float_weights  the float weight each quantized tensor approximates, by full name, where that is NOT the
                    Linear's weight before the call (AWQ rounds weights it first rescaled); the walk reports each
                    layer's weight error against these.
     during_pass    work to do inside the walk's pass that makes the next block's inputs; `qtensors` is complete
                    only after that pass (qlab.pipeline.quantize_block runs it and checks).
+    block_tensors  the same for Linears stored in a block float format (qlab.blockfloat.BlockQuantized: MXFP4,
+                   NVFP4, NF4, per-channel FP8 …; qlab.float_formats). A Linear is in one of the two dicts; both
+                   types have shape, dequantize(dtype), storage_bits() and bits_per_weight(), and the walk counts
+                   each from its own storage.
     """
 
     qtensors: dict[str, QuantizedTensor]
     float_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     during_pass: PassHooks | None = None
+    block_tensors: dict[str, BlockQuantized] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, QuantizedTensor | BlockQuantized]:
+        """Every quantized Linear, affine or block format, by full name."""
+        return {**self.qtensors, **self.block_tensors}
 
 
 @runtime_checkable

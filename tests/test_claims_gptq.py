@@ -13,7 +13,7 @@ def word(claim_id, **m):
 
 def test_registered_in_notebook_03():
     ids = {"gptq-obs-toy", "gptq-beats-rtn", "gptq-act-order", "gptq-blocked-exact", "gptq-gpu-calibration",
-           "gptq-gpu-inference", "gptq-7b-a100-time"}
+           "gptq-gpu-inference", "gptq-7b-a100-time", "calibration-domain"}
     reg = claims.registry()
     assert ids <= set(reg) and all(reg[i].notebook == "03_gptq" for i in ids)
 
@@ -66,3 +66,12 @@ def test_a100_time_factor_two_around_one_to_two_hours():
     assert word("gptq-7b-a100-time", a100_minutes=(300, 600), **m) == "false"  # wholly above 4 h
     v = claims.judge("gptq-7b-a100-time", a100_minutes=(1.5, 15), **m)
     assert v.measured.startswith("estimate") and "estimate" in v.why
+
+
+def test_calibration_domain_margin_is_ten_points():
+    m = {"setting": SETTING}
+    assert word("calibration-domain", in_domain=0.64, held_out={"news": 0.52, "code": 0.22}, **m) == "true"
+    assert word("calibration-domain", in_domain=0.64, held_out={"news": 0.64, "code": 0.22}, **m) == "partly"
+    assert word("calibration-domain", in_domain=0.64, held_out={"news": 0.55, "code": 0.60}, **m) == "false"
+    v = claims.judge("calibration-domain", in_domain=0.64, held_out={"news": 0.64, "code": 0.22}, **m)
+    assert "code keeps clearly less" in v.why and "news keeps about as much" in v.why

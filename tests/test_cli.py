@@ -74,3 +74,34 @@ def test_method_flags_reach_the_quantizers():
     assert gptq.forward_dtype is None  # float32: no autocast
     bf16 = make_quantizer(build_parser().parse_args(["quantize", "--method", "gptq", "--forward-dtype", "bfloat16"]))
     assert bf16.forward_dtype == torch.bfloat16
+
+
+def test_float_format_quantize_then_eval(tmp_path, embedded):
+    """`qlab quantize --format nvfp4` end to end: bits per weight as the closed form summed by hand, a folder whose
+    Linears load back as blockfloat's dequantization of the float weights (bit for bit), and `qlab eval` on it."""
+    from qlab import blockfloat
+    from qlab.eval import Evaluator
+    from qlab.model import load_model
+
+    model, tok = embedded
+    shapes = {n: m.weight.shape for n, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear) and n.startswith("model.layers.")}
+    n = sum(a * b for a, b in shapes.values())
+    expected = (sum(4 * a * b + 8 * a * b // 16 + 32 for a, b in shapes.values())) / n  # E2M1, E4M3 per 16, f32
+    out = tmp_path / "nv4"
+    q = last_json(qlab("quantize", "--format", "nvfp4", "--out", str(out), "--json"))
+    assert q["format"] == "nvfp4" and q["layers"] == len(shapes) == 210
+    assert q["bits_per_weight"] == round(expected, 4)
+    loaded, _ = load_model(out)
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.17.mlp.down_proj", "model.layers.29.mlp.up_proj"):
+        W = model.get_submodule(name).weight
+        assert torch.equal(loaded.get_submodule(name).weight, blockfloat.quantize(W, "nvfp4").dequantize()), name
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    e = last_json(qlab("eval", "--model", str(out), "--dataset", str(text), "--tokens", "256", "--ctx", "128",
+                       "--json"))
+    from qlab.data import eval_tokens
+
+    here = Evaluator(model, eval_tokens(tok, str(text), 256), ctx=128, progress=False).evaluate(loaded)
+    assert e["reference"] == "smollm2-135m" and e["kl"] > 0
+    assert e["kl"] == pytest.approx(here.kl, rel=1e-4) and e["perplexity"] == pytest.approx(here.perplexity, rel=1e-4)

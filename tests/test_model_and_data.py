@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from qlab import FileFormatError, ModelNotFoundError, TextTooShortError, load_model
-from qlab.data import calibration_batches, eval_tokens, split_text
+from qlab import BadArgumentError, FileFormatError, ModelNotFoundError, TextTooShortError, load_model
+from qlab.data import calibration_batches, check_source, eval_tokens, split_text
 from qlab.lessons.grid import levels_per_block
 from qlab.model import EXACT, embedded_gguf_path
 from qlab.walk import linear_layers
@@ -62,6 +62,35 @@ def test_splits_are_disjoint_and_batches_seeded(embedded):
     c = calibration_batches(tok, "news", n_samples=3, seqlen=64, seed=2)
     assert a.shape == (3, 64) and torch.equal(a, b) and not torch.equal(a, c)
     assert len(eval_tokens(tok, "wiki", 300)) == 300
+
+
+def test_mixture_draws_evenly_from_each_source(embedded, tmp_path):
+    """Oracle: every window of a mixture is a window of exactly the calibration split it is said to come from, the
+    counts follow n//k (+1 for the first n mod k), and a file whose name holds '+' is still one file."""
+    _, tok = embedded
+    ids = calibration_batches(tok, "wiki+news+code", n_samples=7, seqlen=32, seed=4)
+    assert ids.shape == (7, 32)
+    splits = {s: calibration_batches(tok, s, n_samples=n, seqlen=32, seed=4)
+              for s, n in (("wiki", 3), ("news", 2), ("code", 2))}
+    order = ["wiki", "news", "code", "wiki", "news", "code", "wiki"]  # interleaved: every prefix balanced
+    seen = {s: 0 for s in splits}
+    for row, source in zip(ids, order):
+        assert torch.equal(row, splits[source][seen[source]]), source
+        seen[source] += 1
+    assert split_text("news+code", "evaluation") == (split_text("news", "evaluation") + "\n\n"
+                                                     + split_text("code", "evaluation"))
+    odd = tmp_path / "a+b.txt"
+    odd.write_text("A file whose name holds a plus sign. " * 200)
+    assert calibration_batches(tok, str(odd), 2, 16).shape == (2, 16)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("Some prose of my own, repeated until it is long enough. " * 200)
+    assert calibration_batches(tok, f"news+{mine}", 2, 16).shape == (2, 16)
+    with pytest.raises(BadArgumentError, match="at least 3"):
+        calibration_batches(tok, "wiki+news+code", 2, 16)
+    with pytest.raises(BadArgumentError, match="each source once"):
+        calibration_batches(tok, "wiki+wiki", 2, 16)
+    with pytest.raises(FileFormatError, match="neither a named source"):
+        check_source("wiki+nosuchsource")
 
 
 def test_text_errors(embedded, tmp_path):

@@ -9,6 +9,7 @@ from torch import nn
 
 from qlab.awq import AWQQuantizer
 from qlab.errors import BadArgumentError, TextTooShortError
+from qlab.float_formats import FloatFormatQuantizer
 from qlab.gptq import GPTQQuantizer
 from qlab.quantizer import BlockQuantizer
 from qlab.rtn import RTNQuantizer
@@ -97,6 +98,6 @@ def test_forward_rows_and_accumulate_see_every_token_of_every_row():
 
 
 def test_every_method_implements_the_block_quantizer_contract():
-    for q in (RTNQuantizer(), GPTQQuantizer(progress=False), AWQQuantizer()):
+    for q in (RTNQuantizer(), GPTQQuantizer(progress=False), AWQQuantizer(), FloatFormatQuantizer("mxfp4")):
         assert isinstance(q, BlockQuantizer)
         assert q.config["method"] in ("rtn", "gptq", "awq") and isinstance(q.describe(), str)

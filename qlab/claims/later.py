@@ -12,9 +12,6 @@ register(
     Claim("calibration-amount", words="128 calibration samples are enough; more data does not help", notebook="",
           rule="", lesson="issue 24: GPTQ/AWQ at n = 8…128 × 512 tokens, ≥ 3 seeds; 'enough' = the change from n to "
           "2n within the seed spread"),
-    Claim("calibration-domain", words="calibrate on text from the domain the model will serve", notebook="",
-          rule="", lesson="issue 24: calibrate on wiki / news / code, evaluate each on each; in-domain better by "
-          "more than the seed spread"),
     Claim("perplexity-inversion", words="a quantized model with lower perplexity than the original signals "
           "overlapping calibration and evaluation text", notebook="", rule="",
           lesson="issue 14 (notebook 08): evaluate on the calibration text and on held-out text"),
