@@ -191,7 +191,7 @@ def test_block_quantizer_in_place_and_shared_hessians(true_sequential):
     block = _Block()
     originals = {n: m.weight.detach().clone() for n, m in block.named_children()}
     q = GPTQQuantizer(bits=3, group_size=16, symmetric=True, act_order=False, true_sequential=true_sequential,
-                      progress=False)  # the settings of the gptq_quantize_layer oracle below
+                      shrink=0.0, progress=False)  # the settings of the gptq_quantize_layer oracle below
     out = quantize_block(q, block, _inputs(4, 64), "blk")[0].qtensors
     assert set(out) == {"blk.a", "blk.b", "blk.c"}
     for n, qt in out.items():
@@ -204,6 +204,13 @@ def test_block_quantizer_in_place_and_shared_hessians(true_sequential):
     qa, _ = gptq_quantize_layer(W, H, bits=3, group_size=16)
     assert torch.equal(qa.codes, out["blk.a"].codes)
     assert q.describe().startswith("GPTQ int3 sym g16")
+    # the toolkit's default shrinks every Hessian halfway to its diagonal, as gptq_quantize_layer(shrink=0.5) does
+    shrunk = GPTQQuantizer(bits=3, group_size=16, symmetric=True, act_order=False, true_sequential=true_sequential,
+                           progress=False)
+    assert shrunk.shrink == 0.5
+    out = quantize_block(shrunk, _Block(), _inputs(4, 64), "blk")[0].qtensors
+    qa, _ = gptq_quantize_layer(W, H, bits=3, group_size=16, shrink=0.5)
+    assert torch.equal(qa.codes, out["blk.a"].codes)
 
 
 def test_block_quantizer_skip_and_too_few_tokens():

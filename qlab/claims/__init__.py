@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import awq, basics, gguf, gptq, kernels, later  # noqa: F401  (each registers its claims)
+from . import awq, basics, formats, gguf, gptq, kernels, later  # noqa: F401  (each registers its claims)
 from .core import REPO, VERDICTS, Claim, Verdict, get, judge, registry, saved_result, show, verdict
 
 __all__ = ["VERDICTS", "Claim", "LedgerRow", "Verdict", "get", "judge", "ledger", "notebook_verdicts", "registry",

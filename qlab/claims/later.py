@@ -24,9 +24,6 @@ register(
     Claim("collapse", words="below 3 bits models collapse", notebook="", rule="",
           lesson="issue 14 (notebook 08): 2–3-bit RTN/GPTQ/AWQ; collapse defined from the words (perplexity > 10× "
           "float or top-1 agreement < 0.2)"),
-    Claim("fp8-w8a8", words="FP8 W8A8 with per-channel weight and per-token activation scales can match FP16 "
-          "perplexity", notebook="", rule="", lesson="issue 15 (notebook 09): E4M3 W8A8 against float, perplexity "
-          "and KL"),
     Claim("first-last-layers", words="keep the first and last layers in higher precision", notebook="", rule="",
           lesson="issue 16: per-layer sensitivity; the first/last blocks' share of the perplexity increase against "
           "their share of the weights"),
