@@ -14,10 +14,10 @@ from .errors import (
 )
 from .model import load_model
 from .qtensor import QuantizedTensor
+from .version import __version__
 
 __all__ = [
     "BadArgumentError", "FileFormatError", "MissingDependencyError", "ModelNotFoundError", "NonFiniteError",
     "NumericalError", "QlabError", "QlabWarning", "QuantizedTensor", "TextTooShortError", "fake_quantize",
-    "load_model", "quantize_affine",
+    "__version__", "load_model", "quantize_affine",
 ]
-__version__ = "0.1.0"

@@ -64,7 +64,7 @@ def run_settings(quantizer, *, method: str, model: str, model_source: str | None
     method, bits, group_size, symmetric (the quantizer's), its full configuration under "quantizer", the
     calibration ({dataset, nsamples, seqlen, seed}; None without calibration), the skipped Linear names, the
     model name and what kind of source it is, and the qlab version. `extra` adds entries."""
-    from . import __version__
+    from .version import __version__
 
     config = quantizer_config(quantizer)
     return _plain({"method": method, "bits": config.get("bits"), "group_size": config.get("group_size"),
@@ -140,8 +140,6 @@ def read_settings(folder) -> dict | None:
 def load_quantized(folder) -> tuple:
     """(model, tokenizer, qtensors, meta) from a folder written by `save_quantized` (a block-float folder:
     `load_block_quantized`)."""
-    from .model import load_model
-
     folder = check_quantized_folder(folder)
     try:
         meta = read_meta(folder)
@@ -152,8 +150,30 @@ def load_quantized(folder) -> tuple:
     except (ValueError, KeyError, TypeError, OSError, RuntimeError, SafetensorError) as e:
         raise FileFormatError(f"{folder}: qlab.json / quantized.safetensors are damaged ({e.__class__.__name__}: "
                               f"{e}): write the folder again with `qlab quantize`") from e
-    model, tokenizer = load_model(folder)
+    model, tokenizer = _load_float_folder(folder)
     return model, tokenizer, qtensors, meta
+
+
+def _load_float_folder(folder: Path) -> tuple:
+    """(model, tokenizer) of the Hugging Face float model that save_quantized writes beside the packed tensors
+    (each Linear holding its dequantized weight). Loaded here rather than through qlab.model.load_model, which
+    itself reads this module for block-float folders."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    except (ValueError, KeyError, OSError, RuntimeError, SafetensorError) as e:
+        raise FileFormatError(f"{folder}: the float model beside quantized.safetensors cannot be loaded "
+                              f"({e.__class__.__name__}): write the folder again with `qlab quantize`") from e
+    described = folder / "qlab_model.json"
+    try:
+        model.qlab_description = json.loads(described.read_text())["description"]
+    except (OSError, ValueError, KeyError, TypeError):
+        model.qlab_description = str(folder)
+    return model, tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -228,8 +248,8 @@ def load_block_quantized(folder, dtype: torch.dtype = torch.float32) -> tuple:
     Linear holds its dequantized weight (an nn.Linear in `dtype`, float32 by default: the values are exactly
     `BlockQuantized.dequantize()`); block_tensors {Linear name: BlockQuantized} are the stored tensors.
     FileFormatError when the folder was written in another layout (another qlab version) or is damaged."""
-    from . import __version__
     from .float_formats import FORMATS, unpack_weight
+    from .version import __version__
 
     folder = Path(folder)
     meta = read_meta(folder)

@@ -94,8 +94,8 @@ def save_awq_checkpoint(model, tokenizer, qtensors: dict[str, QuantizedTensor], 
     (qlab.output's rules for an existing out_dir: overwrite / protect)."""
     from safetensors.torch import save_file
 
-    from . import __version__
     from .export_gptq import check_settings
+    from .version import __version__
 
     check_output(out_dir, "folder", overwrite, protect=protect)
     if not qtensors:

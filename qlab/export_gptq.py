@@ -115,7 +115,7 @@ def quantization_config(bits: int, group_size: int | None, sym: bool, desc_act: 
     used GPTQ; keyword arguments damp / true_sequential / static_groups / act_order give them otherwise. A field
     neither gives (a checkpoint of RTN or AWQ codes) is left out rather than invented. The whole `settings` dict
     is kept under meta["qlab"]; other keyword arguments go to meta as they are."""
-    from . import __version__
+    from .version import __version__
 
     run = {}
     if settings and settings.get("method") == "gptq":
