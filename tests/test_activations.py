@@ -23,6 +23,7 @@ from qlab.activations import (
     target_linears,
 )
 from qlab.errors import BadArgumentError, NonFiniteError, QlabError
+from qlab.stats import forward_rows, modules_by_name
 
 TORCH_FP8 = {"e4m3": (torch.float8_e4m3fn, 448.0), "e5m2": (torch.float8_e5m2, 57344.0)}
 
@@ -60,16 +61,10 @@ def naive_int8(x: torch.Tensor, per_token: bool, r: float | None = None) -> torc
 
 
 def rows_entering(model, ids, names):
-    """Every input row of the named Linears over ids (one forward per row), concatenated: the oracle's data."""
+    """Every input row [tokens, features] of the named Linears over ids (one forward per row), concatenated."""
     seen = {n: [] for n in names}
-    mods = dict(model.named_modules())
-    hs = [mods[n].register_forward_pre_hook(lambda m, a, n=n: seen[n].append(a[0].detach().reshape(-1, a[0].shape[-1])))
-          for n in names]
     with torch.no_grad():
-        for row in ids:
-            model(row[None], use_cache=False)
-    for h in hs:
-        h.remove()
+        forward_rows(model, ids, modules_by_name(model, names), lambda n, x: seen[n].append(x.detach()))
     return {n: torch.cat(v) for n, v in seen.items()}
 
 

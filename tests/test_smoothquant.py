@@ -18,6 +18,7 @@ from qlab.smoothquant import (
     smooth_model,
     smoothing_scales,
 )
+from qlab.stats import forward_rows, modules_by_name
 
 N_BLOCKS = 3
 
@@ -43,15 +44,10 @@ def real_blocks(embedded):
 
 
 def inputs_of(model, ids, names):
+    """Every input row [tokens, features] of the named Linears over ids (one forward per row), concatenated."""
     seen = {n: [] for n in names}
-    mods = dict(model.named_modules())
-    hs = [mods[n].register_forward_pre_hook(lambda m, a, n=n: seen[n].append(a[0].reshape(-1, a[0].shape[-1])))
-          for n in names]
     with torch.no_grad():
-        for row in ids:
-            model(row[None], use_cache=False)
-    for h in hs:
-        h.remove()
+        forward_rows(model, ids, modules_by_name(model, names), lambda n, x: seen[n].append(x.detach()))
     return {n: torch.cat(v) for n, v in seen.items()}
 
 
